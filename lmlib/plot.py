@@ -1,0 +1,61 @@
+"""Plots the chapters share: heatmaps (bigram tables, attention maps) and training curves.
+
+Used from chapter 1 on. Every function draws on a given Matplotlib ``ax`` (or a new one) and
+returns it, so notebooks can combine plots into one figure.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import torch
+
+
+def heatmap(
+    matrix,
+    xlabels: Sequence[str] | None = None,
+    ylabels: Sequence[str] | None = None,
+    *,
+    ax=None,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    cmap: str = "viridis",
+    colorbar: bool = True,
+):
+    """Draw a 2-D array (e.g. P(next | previous) or attention weights) with optional tick labels."""
+    matrix = torch.as_tensor(matrix).detach().float().cpu()
+    if matrix.dim() != 2:
+        raise ValueError(f"heatmap needs a 2-D matrix, got shape {tuple(matrix.shape)}.")
+    ax = ax or plt.subplots(figsize=(6, 5))[1]
+    image = ax.imshow(matrix.numpy(), cmap=cmap, aspect="auto")
+    for labels, axis, setter in ((xlabels, 1, ax.set_xticks), (ylabels, 0, ax.set_yticks)):
+        if labels is not None:
+            if len(labels) != matrix.shape[axis]:
+                raise ValueError(f"Got {len(labels)} labels for an axis of length {matrix.shape[axis]}.")
+            setter(range(len(labels)), [repr(l)[1:-1] for l in labels], fontsize=7)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if colorbar:
+        ax.figure.colorbar(image, ax=ax)
+    return ax
+
+
+def curves(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    ax=None,
+    title: str = "",
+    xlabel: str = "step",
+    ylabel: str = "loss",
+    logy: bool = False,
+):
+    """Plot named ``(x, y)`` series on one axis, e.g. training and validation loss."""
+    ax = ax or plt.subplots(figsize=(6, 4))[1]
+    for label, (x, y) in series.items():
+        ax.plot(list(x), list(y), label=label)
+    if logy:
+        ax.set_yscale("log")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return ax

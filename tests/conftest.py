@@ -1,0 +1,84 @@
+"""Shared fixtures: the course data mirror and a loopback HTTP server that can misbehave."""
+from __future__ import annotations
+
+import http.server
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+import lmlib.data
+
+MIRROR = Path(os.environ.get("LMLIB_DATA", "").split(os.pathsep)[0] or Path(__file__).parents[2] / "shared" / "data")
+
+
+@pytest.fixture
+def mirror() -> Path:
+    """The course's shared data mirror (CI always has it)."""
+    if not (MIRROR / "tinyshakespeare" / "input.txt").is_file():
+        pytest.skip(f"no course data mirror at {MIRROR}")
+    return MIRROR
+
+
+@pytest.fixture
+def isolated_data(tmp_path, monkeypatch):
+    """No mirrors and an empty cache: every `path()` must download."""
+    monkeypatch.delenv("LMLIB_DATA", raising=False)
+    monkeypatch.setenv("LMLIB_CACHE", str(tmp_path / "cache"))
+    lmlib.data._verified.clear()
+    return tmp_path / "cache"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Serves `routes` (path -> bytes). Modes per path: 'ok', 'corrupt', 'truncate', 'missing'.
+
+    Honours `Range: bytes=N-` with 206, like real static hosts, so resumption can be tested.
+    """
+
+    routes: dict[str, bytes] = {}
+    modes: dict[str, str] = {}
+    requests: list[tuple[str, str | None]] = []
+
+    def do_GET(self):  # noqa: N802 (http.server API)
+        self.requests.append((self.path, self.headers.get("Range")))
+        body = self.routes.get(self.path)
+        mode = self.modes.get(self.path, "ok")
+        if body is None or mode == "missing":
+            self.send_error(404)
+            return
+        if mode == "corrupt":
+            body = body[:-1] + bytes([body[-1] ^ 0xFF])
+        start = 0
+        rng = self.headers.get("Range")
+        if rng and rng.startswith("bytes="):
+            start = int(rng[6:].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        payload = body[start:]
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if mode == "truncate":
+            self.wfile.write(payload[: len(payload) // 3])
+            self.wfile.flush()
+            self.close_connection = True
+            self.modes[self.path] = "ok"  # the next attempt succeeds
+            return
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    """A threaded HTTP server on 127.0.0.1 with a fresh route table; yields (base_url, handler)."""
+    handler = type("Handler", (_Handler,), {"routes": {}, "modes": {}, "requests": []})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_port}", handler
+    httpd.shutdown()
+    httpd.server_close()
