@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import http.server
 import os
+import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -10,6 +13,7 @@ import pytest
 
 import lmlib.data
 
+ROOT = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("LMLIB_DATA", "").split(os.pathsep)[0] or Path(__file__).parents[2] / "shared" / "data")
 
 
@@ -82,3 +86,20 @@ def server():
     yield f"http://127.0.0.1:{httpd.server_port}", handler
     httpd.shutdown()
     httpd.server_close()
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory):
+    """The website built once per test session, strictly (-W), at the current scale preset."""
+    out = tmp_path_factory.mktemp("book")
+    jb = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or "jupyter-book"
+    env = {**os.environ, "LMLIB_SCALE": os.environ.get("LMLIB_SCALE", "smoke")}
+    proc = subprocess.run(
+        [jb, "build", str(ROOT), "--path-output", str(out), "-W", "--keep-going"],
+        capture_output=True, text=True, env=env, timeout=1800,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, "book build failed:\n" + "\n".join(
+        line for line in log.splitlines() if "WARNING" in line or "ERROR" in line or "Error" in line
+    )[-5000:]
+    return out / "_build" / "html"

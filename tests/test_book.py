@@ -1,30 +1,10 @@
 """The website builds with warnings as errors, every notebook executed, numbers glued in."""
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    out = tmp_path_factory.mktemp("book")
-    jb = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or "jupyter-book"
-    env = {**os.environ, "LMLIB_SCALE": os.environ.get("LMLIB_SCALE", "smoke")}
-    proc = subprocess.run(
-        [jb, "build", str(ROOT), "--path-output", str(out), "-W", "--keep-going"],
-        capture_output=True, text=True, env=env, timeout=1800,
-    )
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, "book build failed:\n" + "\n".join(
-        line for line in log.splitlines() if "WARNING" in line or "ERROR" in line or "Error" in line
-    )[-5000:]
-    return out / "_build" / "html"
 
 
 @pytest.mark.book

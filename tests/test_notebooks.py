@@ -54,6 +54,7 @@ def test_first_code_cell_installs_the_course_package(nb):
     src = "".join(first["source"])
     assert "import lmlib" in src and "except ImportError" in src
     assert f"git+{REPO_URL}" in src, f"the setup cell must install from {REPO_URL} (pyproject's Homepage)"
+    assert "hide-input" in first.get("metadata", {}).get("tags", []), "tag the setup cell hide-input"
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)

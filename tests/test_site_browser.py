@@ -1,0 +1,135 @@
+"""The built site, as a reader's browser sees it: headless Chromium loads every page.
+
+Checks per page: no console errors and no request leaves the machine (MathJax is served locally),
+math is typeset, every image loads, exercise solutions start collapsed. Screenshots of a few pages
+are saved as test artefacts (their paths are printed). Skipped where Chromium is not installed;
+`make test` installs it when it can (as root with apt-get, as in CI).
+"""
+import functools
+import http.server
+import re
+import threading
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urldefrag, urlparse
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parents[1]
+SCREENSHOTS = ROOT / "_build" / "screenshots"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.hrefs, self.ids = [], set()
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if attrs.get("id"):
+            self.ids.add(attrs["id"])
+        if tag == "a" and attrs.get("href"):
+            self.hrefs.append(attrs["href"])
+
+
+def _pages(site: Path) -> list[Path]:
+    # index.html only redirects to intro.html; genindex and search are Sphinx's generated pages.
+    skip = {"index.html", "genindex.html", "search.html"}
+    return sorted(p for p in site.rglob("*.html") if "_static" not in p.parts and p.relative_to(site).as_posix() not in skip)
+
+
+@pytest.mark.book
+def test_no_broken_internal_links(site):
+    parsed = {}
+    for page in site.rglob("*.html"):
+        parser = _Links()
+        parser.feed(page.read_text(errors="replace"))
+        parsed[page.resolve()] = parser
+    broken = []
+    for page, parser in parsed.items():
+        for href in parser.hrefs:
+            if urlparse(href).scheme or href.startswith(("mailto:", "//")):
+                continue
+            url, fragment = urldefrag(href)
+            target = (page.parent / url).resolve() if url else page
+            if target.is_dir():
+                target = target / "index.html"
+            if not target.exists():
+                broken.append(f"{page.relative_to(site.resolve())}: {href}")
+            elif fragment and target.suffix == ".html" and fragment not in parsed[target].ids:
+                broken.append(f"{page.relative_to(site.resolve())}: {href} (no such anchor)")
+    assert not broken, "broken internal links:\n" + "\n".join(broken[:30])
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium chromium-driver)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def served(site):
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(site))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.mark.book
+def test_every_page_renders_in_chromium(site, served, browser):
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shots, problems = [], []
+    pages = _pages(site)
+    for page_file in pages:
+        rel = page_file.relative_to(site).as_posix()
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        errors, outside = [], []
+        page.on("console", lambda m, errors=errors: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e, errors=errors: errors.append(str(e)))
+        page.on("requestfailed", lambda r, errors=errors: errors.append(f"failed request {r.url}"))
+        page.on("request", lambda r, outside=outside: outside.append(r.url) if not r.url.startswith((served, "data:", "blob:")) else None)
+        page.goto(f"{served}/{rel}", wait_until="networkidle")
+        html = page_file.read_text()
+        if re.search(r'class="[^"]*\bmath\b', html):
+            page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=20000)
+            page.evaluate("() => MathJax.startup.promise")
+            if page.locator("mjx-container").count() == 0:
+                problems.append(f"{rel}: math not typeset")
+        broken_images = page.evaluate(
+            "() => Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)"
+        )
+        if broken_images:
+            problems.append(f"{rel}: images not loaded {broken_images}")
+        solutions = page.locator("div.solution")
+        for i in range(solutions.count()):
+            body = solutions.nth(i).locator(".admonition-title ~ *").first
+            if body.count() and body.is_visible():
+                problems.append(f"{rel}: solution {i + 1} is not collapsed")
+        if page.locator("div.exercise").count() and not solutions.count():
+            problems.append(f"{rel}: exercises without solutions")
+        if errors:
+            problems.append(f"{rel}: console errors {errors[:3]}")
+        if outside:
+            problems.append(f"{rel}: requests leaving the machine {outside[:3]}")
+        if rel in ("intro.html", "chapters/01_background/01_language_models.html") or rel.endswith("/01_attention_by_hand.html"):
+            shot = SCREENSHOTS / (rel.replace("/", "_").replace(".html", ".png"))
+            page.screenshot(path=str(shot), full_page=False)
+            shots.append(shot)
+        page.close()
+    print(f"\nChecked {len(pages)} pages in Chromium; screenshots:\n" + "\n".join(f"  {s}" for s in shots))
+    assert not problems, "\n".join(problems)
+    assert len(pages) >= 5
