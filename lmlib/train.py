@@ -1,0 +1,692 @@
+"""The course's training engine: one readable loop with everything a real pretraining run needs.
+
+Derived in chapter 4 ("Pretraining"). The model convention is nanoGPT's: the trainer calls
+``model(x, targets=y)`` and expects ``(logits, loss)``, where ``loss`` is the mean cross-entropy
+over the batch (:func:`lm_loss` computes it from ``(B, T, V)`` logits). Any ``nn.Module`` that
+follows it trains here, on CPU, Apple MPS, one CUDA GPU, or several under ``torchrun``.
+
+Batches come from a function ``batch_fn(generator) -> (x, y)`` that draws with the given
+``torch.Generator`` (e.g. :func:`token_batches`). The trainer owns that generator and saves its
+state in every checkpoint, so the data position is part of the state and a resumed run sees
+exactly the batches an uninterrupted run would. A plain iterable of ``(x, y)`` also works; on
+resume it is fast-forwarded past the batches already used (exact if it yields the same sequence
+each time it is created).
+
+API::
+
+    TrainConfig(max_steps=1000, lr=3e-4, min_lr=None, warmup_steps=100, weight_decay=0.1,
+                betas=(0.9, 0.95), eps=1e-8, grad_clip=1.0, grad_accum_steps=1, eval_every=250,
+                eval_steps=20, log_every=10, checkpoint_every=None, checkpoint_dir=None,
+                keep_last=3, compile=False, precision=None, device=None, seed=0, progress=True)
+    Trainer(model, config, train_batches, val_batches=None, flops_per_token=None)
+        .fit() -> History            # resumes from .step; Ctrl-C saves a checkpoint and returns
+        .evaluate() -> float         # mean validation loss over config.eval_steps batches
+        .save_checkpoint() -> Path | None
+        .load_checkpoint(path=None)  # None: the newest under config.checkpoint_dir
+        .step, .history, .model (wrapped), .raw_model, .optimizer, .scheduler, .scaler,
+        .precision, .device, .rank, .world_size
+    History(step, train_loss, lr, tokens_per_s, mfu, val_step, val_loss, interrupted)
+    plot_history(history, axes=None) -> axes
+    param_groups(model, weight_decay) -> list[dict]   # "decay" and "no_decay", with names
+    lr_at(step, lr, min_lr, warmup_steps, max_steps) -> float
+    token_batches(tokens, block_size, batch_size) -> batch_fn
+    lm_loss(logits, targets) -> Tensor
+    peak_flops(device_name, dtype, tf32=False) -> float | None
+    data_seed(seed, rank) -> int
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from lmlib import checkpoint as ckpt
+from lmlib.checkpoint import CheckpointError
+from lmlib.data import random_windows
+from lmlib.device import PRECISIONS, Precision, best_device, choose_precision, precision_for
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+BatchFn = Callable[[torch.Generator], Batch]
+
+__all__ = [
+    "TrainConfig", "Trainer", "History", "plot_history", "param_groups", "lr_at", "token_batches",
+    "lm_loss", "peak_flops", "data_seed", "CheckpointError", "GPU_PEAK_FLOPS",
+]
+
+
+# ----------------------------------------------------------------------------- configuration
+@dataclass
+class TrainConfig:
+    """Every knob of a run, checked when the config is built (a typo fails before training starts).
+
+    ``min_lr`` defaults to ``lr / 10``. ``eval_every=None`` evaluates only at the end;
+    ``checkpoint_every`` needs ``checkpoint_dir`` (a final checkpoint is written whenever
+    ``checkpoint_dir`` is set). ``precision`` (``fp32``/``bf16``/``fp16``) overrides the
+    :mod:`lmlib.device` policy; ``device`` overrides :func:`lmlib.device.best_device`.
+    """
+
+    max_steps: int = 1000
+    lr: float = 3e-4
+    min_lr: float | None = None
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float | None = 1.0
+    grad_accum_steps: int = 1
+    eval_every: int | None = 250
+    eval_steps: int = 20
+    log_every: int = 10
+    checkpoint_every: int | None = None
+    checkpoint_dir: str | Path | None = None
+    keep_last: int | None = 3
+    compile: bool = False
+    precision: str | None = None
+    device: str | None = None
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        def bad(name: str, must: str) -> ValueError:
+            return ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: {must}.")
+
+        def is_int(v) -> bool:
+            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+        def is_num(v) -> bool:
+            return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(v)
+
+        for name in ("max_steps", "grad_accum_steps", "eval_steps", "log_every"):
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise bad(name, "must be a whole number >= 1")
+        for name in ("eval_every", "checkpoint_every", "keep_last"):
+            value = getattr(self, name)
+            if value is not None and (not is_int(value) or value < 1):
+                raise bad(name, "must be a whole number >= 1, or None to switch it off")
+        if not is_int(self.warmup_steps) or not 0 <= self.warmup_steps <= self.max_steps:
+            raise bad("warmup_steps", f"must be a whole number between 0 and max_steps={self.max_steps}")
+        if not is_num(self.lr) or self.lr <= 0:
+            raise bad("lr", "must be a positive number, e.g. 3e-4")
+        if self.min_lr is None:
+            self.min_lr = self.lr / 10
+        if not is_num(self.min_lr) or not 0 <= self.min_lr <= self.lr:
+            raise bad("min_lr", f"must be between 0 and lr={self.lr}")
+        if not is_num(self.weight_decay) or self.weight_decay < 0:
+            raise bad("weight_decay", "must be >= 0 (0.1 is usual for transformers)")
+        if (not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2
+                or not all(is_num(b) and 0 <= b < 1 for b in self.betas)):
+            raise bad("betas", "must be two numbers in [0, 1), e.g. (0.9, 0.95)")
+        self.betas = tuple(float(b) for b in self.betas)
+        if not is_num(self.eps) or self.eps <= 0:
+            raise bad("eps", "must be a small positive number, e.g. 1e-8")
+        if self.grad_clip is not None and (not is_num(self.grad_clip) or self.grad_clip <= 0):
+            raise bad("grad_clip", "must be a positive gradient-norm bound, or None for no clipping")
+        if self.checkpoint_every is not None and self.checkpoint_dir is None:
+            raise bad("checkpoint_every", "needs checkpoint_dir, the folder to write checkpoints into")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise bad("precision", f"must be one of {sorted(PRECISIONS)} or None for the device policy")
+        if not is_int(self.seed) or not 0 <= self.seed < 2**32:
+            raise bad("seed", "must be a whole number in [0, 2**32)")
+        if self.checkpoint_dir is not None:
+            self.checkpoint_dir = Path(self.checkpoint_dir)
+
+    def as_dict(self) -> dict:
+        """Plain values only (what a checkpoint stores)."""
+        out = asdict(self)
+        out["checkpoint_dir"] = None if self.checkpoint_dir is None else str(self.checkpoint_dir)
+        out["betas"] = list(self.betas)
+        return out
+
+
+# ----------------------------------------------------------------------------- optimizer pieces
+def _is_norm(module: nn.Module) -> bool:
+    norm_types = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.batchnorm._NormBase)
+    if hasattr(nn, "RMSNorm"):
+        norm_types += (nn.RMSNorm,)
+    return isinstance(module, norm_types) or type(module).__name__.endswith("Norm")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Split trainable parameters into a weight-decay group and a no-decay group.
+
+    Decay shrinks weights towards zero, which regularises the matrices that mix features. It is
+    not applied to biases (shifts, not mixing), to the gains of normalisation layers (decay would
+    pull them towards 0 instead of their natural value 1) or to embeddings (a rare token's row
+    would decay every step while receiving almost no gradient). The rule:
+
+    - no decay: parameters of ``nn.Embedding``/``EmbeddingBag`` modules and of normalisation
+      modules (PyTorch's norms, or any class whose name ends in ``Norm``, like a hand-written
+      ``RMSNorm``), and every parameter with fewer than 2 dimensions (biases, gains);
+    - decay: all other parameters (the weight matrices of linear and convolution layers).
+
+    A tied weight (an output layer sharing the embedding matrix) counts once, as an embedding.
+    Each group carries a ``names`` list, so the split can be printed and tested.
+    """
+    no_decay_ids = set()
+    for module in model.modules():
+        if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) or _is_norm(module):
+            no_decay_ids.update(id(p) for p in module.parameters(recurse=False))
+    decay, no_decay = ([], []), ([], [])
+    for name, p in model.named_parameters():  # shared parameters are listed once
+        if not p.requires_grad:
+            continue
+        names, params = no_decay if (id(p) in no_decay_ids or p.dim() < 2) else decay
+        names.append(name)
+        params.append(p)
+    if not decay[1] and not no_decay[1]:
+        raise ValueError("The model has no trainable parameters (all have requires_grad=False).")
+    return [
+        {"params": decay[1], "names": decay[0], "weight_decay": float(weight_decay), "group": "decay"},
+        {"params": no_decay[1], "names": no_decay[0], "weight_decay": 0.0, "group": "no_decay"},
+    ]
+
+
+def lr_at(step: int, lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then cosine decay.
+
+    Warmup ramps from ``lr / warmup_steps`` to ``lr`` over the first ``warmup_steps`` steps (Adam's
+    early moment estimates are noisy, so the first updates are kept small). Then a half cosine
+    takes it from ``lr`` down to ``min_lr`` at the last step ``max_steps - 1``; later steps stay
+    at ``min_lr``.
+    """
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    decay_steps = max_steps - 1 - warmup_steps
+    if decay_steps <= 0:
+        return lr
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+class _WarmupCosine:
+    """The multiplier ``LambdaLR`` needs; an object (not a lambda) so its state can be saved."""
+
+    def __init__(self, lr: float, min_lr: float, warmup_steps: int, max_steps: int):
+        self.lr, self.min_lr, self.warmup_steps, self.max_steps = lr, min_lr, warmup_steps, max_steps
+
+    def __call__(self, step: int) -> float:
+        return lr_at(step, self.lr, self.min_lr, self.warmup_steps, self.max_steps) / self.lr
+
+
+def _adamw(groups: list[dict], config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW, fused into one kernel where this PyTorch supports it, else the multi-tensor version."""
+    kwargs = dict(lr=config.lr, betas=config.betas, eps=config.eps)
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, foreach=device.type != "cpu" or None, **kwargs)
+
+
+# ----------------------------------------------------------------------------- data and loss
+def token_batches(tokens: torch.Tensor, block_size: int, batch_size: int) -> BatchFn:
+    """A ``batch_fn`` of random windows from a 1-D token tensor (see :func:`lmlib.data.random_windows`)."""
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 1:
+        raise ValueError("token_batches needs a 1-D tensor of token ids.")
+    if block_size < 1 or batch_size < 1:
+        raise ValueError(f"block_size and batch_size must be >= 1, got {block_size} and {batch_size}.")
+    if len(tokens) <= block_size:
+        raise ValueError(f"Need more than block_size={block_size} tokens, got {len(tokens)}.")
+
+    def batch_fn(generator: torch.Generator) -> Batch:
+        return random_windows(tokens, block_size, batch_size, generator=generator)
+
+    return batch_fn
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of ``(B, T, V)`` logits against ``(B, T)`` targets."""
+    if logits.dim() != 3 or targets.shape != logits.shape[:2]:
+        raise ValueError(
+            f"lm_loss needs logits (B, T, V) and targets (B, T); got {tuple(logits.shape)} and "
+            f"{tuple(targets.shape)}."
+        )
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+
+def data_seed(seed: int, rank: int) -> int:
+    """The seed of the training-batch generator on process ``rank`` (ranks draw different batches).
+
+    Validation batches use ``data_seed(seed, rank) + 2**40``, re-seeded at every evaluation.
+    """
+    return seed * 1_000_003 + rank
+
+
+# ----------------------------------------------------------------------------- MFU
+# Dense (no 2:4 sparsity) peak tensor-core throughput in FLOP/s, from NVIDIA's data sheets and
+# architecture whitepapers; data sheets often print the sparse figure, which is twice these.
+#   A100: nvidia.com A100 data sheet (BF16/FP16 312, TF32 156, FP32 19.5 TFLOPS).
+#   H100 SXM / PCIe / NVL: H100 data sheet (BF16 1979/1513/1671 sparse; TF32 989/756/835 sparse;
+#     FP32 67/51/60). H200 and H200 NVL: H200 data sheet (same compute as H100 SXM / H100 NVL).
+#   L4: L4 data sheet (BF16/FP16 242 and TF32 120 sparse; FP32 30.3).
+#   L40S: L40S data sheet (BF16/FP16 733 and TF32 366 sparse; FP32 91.6).
+#   A10: A10 data sheet (BF16/FP16 125, TF32 62.5 dense; FP32 31.2). AWS's A10G has no NVIDIA
+#     data sheet; it is an A10 variant and the A10 figures are used as its (upper-bound) peak.
+#   T4: T4 data sheet (FP16 mixed precision 65, FP32 8.1; no bf16 or tf32 tensor cores).
+#   V100 SXM2 / PCIe / V100S: V100 data sheet (tensor 125/112/130, FP32 15.7/14/16.4).
+#   RTX 3090 / 4090: NVIDIA Ampere GA102 and Ada Lovelace whitepapers, FP16/BF16 tensor with
+#     FP32 accumulate (what autocast uses): 71 and 165.2; TF32 35.6 and 82.6; FP32 35.6 and 82.6.
+# Patterns are matched in order against torch.cuda.get_device_name(), most specific first.
+_T = 1e12
+GPU_PEAK_FLOPS: tuple[tuple[str, dict[str, float]], ...] = (
+    (r"H200 NVL", dict(bf16=835.5 * _T, fp16=835.5 * _T, tf32=417.5 * _T, fp32=60 * _T)),
+    (r"H200", dict(bf16=989.5 * _T, fp16=989.5 * _T, tf32=494.5 * _T, fp32=67 * _T)),
+    (r"H100 NVL", dict(bf16=835.5 * _T, fp16=835.5 * _T, tf32=417.5 * _T, fp32=60 * _T)),
+    (r"H100 PCIe", dict(bf16=756.5 * _T, fp16=756.5 * _T, tf32=378 * _T, fp32=51 * _T)),
+    (r"H100", dict(bf16=989.5 * _T, fp16=989.5 * _T, tf32=494.5 * _T, fp32=67 * _T)),
+    (r"A100", dict(bf16=312 * _T, fp16=312 * _T, tf32=156 * _T, fp32=19.5 * _T)),
+    (r"A10G?$", dict(bf16=125 * _T, fp16=125 * _T, tf32=62.5 * _T, fp32=31.2 * _T)),
+    (r"L40S", dict(bf16=366.5 * _T, fp16=366.5 * _T, tf32=183 * _T, fp32=91.6 * _T)),
+    (r"\bL4$", dict(bf16=121 * _T, fp16=121 * _T, tf32=60 * _T, fp32=30.3 * _T)),
+    (r"\bT4$", dict(fp16=65 * _T, fp32=8.1 * _T)),
+    (r"V100S", dict(fp16=130 * _T, fp32=16.4 * _T)),
+    (r"V100-SXM", dict(fp16=125 * _T, fp32=15.7 * _T)),
+    (r"V100", dict(fp16=112 * _T, fp32=14 * _T)),
+    (r"RTX 4090$", dict(bf16=165.2 * _T, fp16=165.2 * _T, tf32=82.6 * _T, fp32=82.6 * _T)),
+    (r"RTX 3090$", dict(bf16=71 * _T, fp16=71 * _T, tf32=35.6 * _T, fp32=35.6 * _T)),
+)
+
+
+def peak_flops(device_name: str, dtype: torch.dtype, tf32: bool = False) -> float | None:
+    """Peak dense FLOP/s of a known GPU for ``dtype`` (float32 counts as TF32 if ``tf32``), else None."""
+    key = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "tf32" if tf32 else "fp32")
+    for pattern, peaks in GPU_PEAK_FLOPS:
+        if re.search(pattern, device_name.strip()):
+            return peaks.get(key)
+    return None
+
+
+# ----------------------------------------------------------------------------- history
+@dataclass
+class History:
+    """What :meth:`Trainer.fit` measured: logged every ``log_every`` steps, validated every ``eval_every``."""
+
+    step: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    tokens_per_s: list[float] = field(default_factory=list)
+    mfu: list[float | None] = field(default_factory=list)
+    val_step: list[int] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    interrupted: bool = False
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def plot_history(history: History, axes=None):
+    """Loss curves (train and validation) and the learning-rate schedule, side by side."""
+    import matplotlib.pyplot as plt
+
+    from lmlib.plot import curves
+
+    if axes is None:
+        axes = plt.subplots(1, 2, figsize=(10, 3.5))[1]
+    series = {"train": (history.step, history.train_loss)}
+    if history.val_loss:
+        series["validation"] = (history.val_step, history.val_loss)
+    curves(series, ax=axes[0], title="loss", ylabel="cross-entropy (nats)")
+    curves({"lr": (history.step, history.lr)}, ax=axes[1], title="learning rate", ylabel="lr")
+    return axes
+
+
+# ----------------------------------------------------------------------------- distributed
+def _distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank); starts the process group when launched by ``torchrun``."""
+    if not dist.is_available():
+        return 0, 1, 0
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+    return 0, 1, 0
+
+
+class _DeferInterrupt:
+    """Turn the first Ctrl-C into a flag checked between steps, so a step is never cut in half.
+
+    A second Ctrl-C raises KeyboardInterrupt at once. Only possible in the main thread; elsewhere
+    Ctrl-C behaves as usual.
+    """
+
+    def __init__(self, enabled: bool = True):
+        self.requested = False
+        self.enabled = enabled
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if not self.enabled:
+            return self
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not the main thread
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+# ----------------------------------------------------------------------------- the trainer
+class Trainer:
+    """Train ``model`` (``model(x, targets=y) -> (logits, loss)``) with AdamW under ``config``.
+
+    See the module docstring for the batch sources. ``flops_per_token`` (forward + backward) is
+    used for MFU; by default it is ``6 * parameters``, the usual estimate that ignores attention.
+    Under ``torchrun`` the model is wrapped in DistributedDataParallel: each process draws its own
+    batches (generator seed :func:`data_seed`), gradients are averaged, and rank 0 writes the
+    checkpoints. Building the trainer seeds PyTorch's global RNG (dropout) with
+    ``config.seed + rank``; seed the model's initialisation yourself before building the model.
+    On CUDA it also calls ``torch.set_float32_matmul_precision("high")`` (TF32 for the float32
+    matmuls autocast leaves), a process-wide setting; on CPU float32 stays exact.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig,
+        train_batches: BatchFn | Iterable[Batch],
+        val_batches: BatchFn | Iterable[Batch] | None = None,
+        flops_per_token: float | None = None,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}.")
+        for name, source in (("train_batches", train_batches), ("val_batches", val_batches)):
+            if source is not None and not callable(source) and not isinstance(source, Iterable):
+                raise TypeError(f"{name} must be a function generator -> (x, y) or an iterable of (x, y).")
+        self.config = config
+        self.rank, self.world_size, local_rank = _distributed()
+        self.device = best_device(config.device)
+        if self.device.type == "cuda" and self.world_size > 1 and self.device.index is None:
+            self.device = torch.device("cuda", local_rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+            torch.set_float32_matmul_precision("high")  # TF32 for the float32 matmuls that remain
+        if config.precision is None:
+            self.precision: Precision = precision_for(self.device)
+        else:
+            cap = torch.cuda.get_device_capability(self.device) if self.device.type == "cuda" else None
+            self.precision = choose_precision(self.device.type, cap, config.precision)
+        torch.manual_seed(config.seed + self.rank)
+
+        self.raw_model = model.to(self.device)
+        self.optimizer = _adamw(param_groups(model, config.weight_decay), config, self.device)
+        schedule = _WarmupCosine(config.lr, config.min_lr, config.warmup_steps, config.max_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.scaler = self.precision.make_grad_scaler()
+        self.model = model
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(model, device_ids=ids)
+        if config.compile:
+            self.model = torch.compile(self.model)
+        self._eval_model = torch.compile(model) if config.compile else model
+
+        self.train_batches, self.val_batches = train_batches, val_batches
+        self._train_gen = torch.Generator().manual_seed(data_seed(config.seed, self.rank))
+        self._train_iter = None if callable(train_batches) else iter(train_batches)
+        self._drawn = 0  # batches taken from an iterable source
+        self.step = 0
+        self.history = History()
+        self._checked_output = False
+
+        self.flops_per_token = flops_per_token or 6 * sum(p.numel() for p in model.parameters())
+        self._peak = None
+        if self.device.type == "cuda":
+            name = torch.cuda.get_device_name(self.device)
+            self._peak = peak_flops(name, self.precision.dtype, torch.backends.cuda.matmul.allow_tf32)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # ------------------------------------------------------------------ batches
+    def _next_batch(self) -> Batch:
+        if self._train_iter is None:
+            batch = self.train_batches(self._train_gen)
+        else:
+            try:
+                batch = next(self._train_iter)
+            except StopIteration:
+                raise RuntimeError(
+                    f"train_batches ran out after {self._drawn} batches at step {self.step}; "
+                    f"max_steps={self.config.max_steps} x grad_accum_steps={self.config.grad_accum_steps} "
+                    "need more. Pass a longer iterable or a batch function."
+                ) from None
+            self._drawn += 1
+        return self._to_device(batch, "train_batches")
+
+    def _to_device(self, batch, source: str) -> Batch:
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2
+                and all(isinstance(t, torch.Tensor) for t in batch)):
+            raise TypeError(f"{source} must give (x, y) pairs of tensors, got {type(batch).__name__}.")
+        x, y = batch
+        nb = self.device.type == "cuda"
+        return x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
+
+    def _loss(self, out) -> torch.Tensor:
+        if not self._checked_output:
+            if not (isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[1], torch.Tensor)
+                    and out[1].dim() == 0):
+                raise TypeError(
+                    "The model must follow the convention model(x, targets=y) -> (logits, loss) with a "
+                    f"scalar loss; it returned {type(out).__name__}. Wrap a logits-only model so that "
+                    "it returns (logits, lmlib.train.lm_loss(logits, targets))."
+                )
+            self._checked_output = True
+        return out[1]
+
+    # ------------------------------------------------------------------ one optimizer step
+    def _train_step(self) -> tuple[torch.Tensor, int]:
+        cfg, accum = self.config, self.config.grad_accum_steps
+        total = torch.zeros((), device=self.device)
+        tokens = 0
+        for micro in range(accum):
+            x, y = self._next_batch()
+            tokens += y.numel()
+            # Under DDP, gradients are averaged across processes only on the last micro-batch.
+            sync = (self.world_size == 1 or micro == accum - 1)
+            with contextlib.nullcontext() if sync else self.model.no_sync():
+                with self.precision.autocast():
+                    loss = self._loss(self.model(x, targets=y))
+                self.scaler.scale(loss / accum).backward()
+            total += loss.detach()
+        if cfg.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return total / accum, tokens * self.world_size
+
+    def _mean_across_ranks(self, value: torch.Tensor) -> float:
+        if self.world_size > 1:
+            value = value.clone()
+            dist.all_reduce(value)
+            value /= self.world_size
+        return value.item()
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean validation loss over ``eval_steps`` batches (the same batches at every call)."""
+        if self.val_batches is None:
+            raise ValueError("evaluate() needs val_batches; pass them to Trainer(...).")
+        self._eval_model.eval()
+        total = torch.zeros((), device=self.device)
+        if callable(self.val_batches):
+            gen = torch.Generator().manual_seed(data_seed(self.config.seed, self.rank) + (1 << 40))
+            batches = (self.val_batches(gen) for _ in range(self.config.eval_steps))
+        else:
+            batches = iter(self.val_batches)
+        n = 0
+        for n, batch in enumerate(batches, 1):
+            x, y = self._to_device(batch, "val_batches")
+            with self.precision.autocast():
+                total += self._loss(self._eval_model(x, targets=y)).float()
+            if n == self.config.eval_steps:
+                break
+        self._eval_model.train()
+        if n == 0:
+            raise ValueError(
+                "val_batches gave no batches. An iterator is used up after one evaluation: pass a "
+                "list of (x, y) or a batch function instead."
+            )
+        return self._mean_across_ranks(total / n)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> History:
+        """Train from ``self.step`` to ``max_steps``; returns (and keeps) the history.
+
+        The first Ctrl-C finishes the current step, writes a checkpoint (if ``checkpoint_dir`` is
+        set) and returns with ``history.interrupted = True``; calling ``fit()`` again continues.
+        """
+        from tqdm.auto import tqdm
+
+        cfg, h = self.config, self.history
+        h.interrupted = False
+        self.raw_model.train()
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="training", unit="step",
+                   disable=not (cfg.progress and self.is_main))
+        window_loss, window_steps, window_tokens = torch.zeros((), device=self.device), 0, 0
+        postfix: dict[str, str] = {}
+        started = time.perf_counter()
+        # Under torchrun, Ctrl-C goes to the launcher, which stops the workers: rely on
+        # checkpoint_every there (ranks stopping at different steps would deadlock).
+        with _DeferInterrupt(enabled=self.world_size == 1) as interrupt, bar:
+            while self.step < cfg.max_steps:
+                lr = self.optimizer.param_groups[0]["lr"]
+                loss, tokens = self._train_step()
+                self.step += 1
+                window_loss += loss
+                window_steps += 1
+                window_tokens += tokens
+                bar.update()
+                last = self.step == cfg.max_steps
+                if self.step % cfg.log_every == 0 or last or interrupt.requested:
+                    train_loss = self._mean_across_ranks(window_loss / window_steps)  # syncs the device
+                    speed = window_tokens / (time.perf_counter() - started)
+                    h.step.append(self.step)
+                    h.train_loss.append(train_loss)
+                    h.lr.append(lr)
+                    h.tokens_per_s.append(speed)
+                    h.mfu.append(None if self._peak is None else
+                                 self.flops_per_token * speed / (self._peak * self.world_size))
+                    postfix.update(loss=f"{train_loss:.3f}", tok_s=f"{speed:,.0f}")
+                    bar.set_postfix(postfix)
+                    window_loss, window_steps, window_tokens = torch.zeros((), device=self.device), 0, 0
+                    started = time.perf_counter()
+                pause_start = time.perf_counter()
+                if self.val_batches is not None and (last or (cfg.eval_every and self.step % cfg.eval_every == 0)):
+                    h.val_step.append(self.step)
+                    h.val_loss.append(self.evaluate())
+                    postfix["val"] = f"{h.val_loss[-1]:.3f}"
+                    bar.set_postfix(postfix)
+                if cfg.checkpoint_dir is not None and (
+                    last or interrupt.requested or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0)
+                ):
+                    self.save_checkpoint()
+                started += time.perf_counter() - pause_start  # evaluation and checkpoints don't count
+                if interrupt.requested:
+                    h.interrupted = True
+                    if self.is_main:
+                        where = (f"checkpoint written to {cfg.checkpoint_dir}" if cfg.checkpoint_dir
+                                 else "no checkpoint_dir, so nothing was written")
+                        print(f"Interrupted after step {self.step}: {where}. Call fit() again to continue.")
+                    break
+        return h
+
+    # ------------------------------------------------------------------ checkpoints
+    def _rank_state(self) -> dict:
+        data = ({"generator": self._train_gen.get_state()} if self._train_iter is None
+                else {"drawn": self._drawn})
+        return {"rng": ckpt.rng_state(), "data": data}
+
+    def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint of the current step into ``config.checkpoint_dir`` (rank 0 writes)."""
+        if self.config.checkpoint_dir is None:
+            raise ValueError("save_checkpoint() needs TrainConfig.checkpoint_dir.")
+        ranks = [self._rank_state()]
+        if self.world_size > 1:
+            ranks = [None] * self.world_size
+            dist.all_gather_object(ranks, self._rank_state())
+        path = None
+        if self.is_main:
+            state = {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "ranks": ranks,
+                "history": self.history.as_dict(),
+                "config": self.config.as_dict(),
+            }
+            path = ckpt.save(self.config.checkpoint_dir, self.step, self.raw_model, state, self.config.keep_last)
+        if self.world_size > 1:
+            dist.barrier()
+        return path
+
+    def load_checkpoint(self, path: str | Path | None = None) -> Path:
+        """Restore a checkpoint (default: the newest in ``checkpoint_dir``); all checks run first.
+
+        A checkpoint that is truncated, corrupt, or made for another model or optimizer raises
+        :class:`CheckpointError` and leaves the trainer exactly as it was.
+        """
+        if path is None:
+            if self.config.checkpoint_dir is None:
+                raise ValueError("load_checkpoint() needs a path or TrainConfig.checkpoint_dir.")
+            path = self.config.checkpoint_dir
+        folder = ckpt.resolve(path)
+        weights, state = ckpt.read(folder)
+        ckpt.check_weights(weights, self.raw_model)
+        ckpt.check_trainer_state(state, self.optimizer, self.world_size)
+        data = state["ranks"][self.rank]["data"]
+        if ("generator" in data) != (self._train_iter is None):
+            raise CheckpointError(
+                "The checkpoint was written with another kind of train_batches (function vs iterable); "
+                "pass the same kind to resume. Nothing was loaded."
+            )
+        train_iter = None
+        if "drawn" in data:  # fast-forward a fresh pass over the iterable before touching anything
+            train_iter = iter(self.train_batches)
+            for _ in range(data["drawn"]):
+                if next(train_iter, None) is None:
+                    raise CheckpointError(
+                        f"train_batches holds fewer than the {data['drawn']} batches this checkpoint "
+                        "already used; pass the same data. Nothing was loaded."
+                    )
+        # Everything is verified: apply it.
+        self.raw_model.load_state_dict(weights)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"] and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        ckpt.set_rng_state(state["ranks"][self.rank]["rng"])
+        if train_iter is None:
+            self._train_gen.set_state(data["generator"])
+        else:
+            self._train_iter, self._drawn = train_iter, data["drawn"]
+        self.step = int(state["step"])
+        self.history = History(**state["history"])
+        return folder
