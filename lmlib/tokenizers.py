@@ -1,11 +1,16 @@
 """Tokenizers: text to integer ids and back.
 
-The character tokenizer is derived in chapter 1 ("What a language model is"); chapter 4 adds
-byte-level BPE to this module.
+The character tokenizer is derived in chapter 1 ("What a language model is"); chapter 4
+("Tokenization") adds a word tokenizer and a byte-level BPE written from scratch.
 """
 from __future__ import annotations
 
+import heapq
+import json
+import re
+from collections import Counter, defaultdict
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 
@@ -48,3 +53,300 @@ class CharTokenizer:
 
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size})"
+
+
+# --- Chapter 4: words and byte-level BPE ---------------------------------------------------------
+
+#: Pre-tokenization in the style of GPT-2, written for Python's standard ``re``: English
+#: contractions, then runs of letters, of digits, or of other symbols (each may carry one leading
+#: space), then whitespace. A merge never crosses a piece boundary, so " the" and "the," stay
+#: separate words. The last alternative catches any character the others miss, so pieces always
+#: concatenate back to the input.
+PRETOKENIZE = r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+|[\s\S]"""
+
+
+def pretokenize(text: str, pattern: str = PRETOKENIZE) -> list[str]:
+    """Split ``text`` into the pieces that BPE merges within (chapter 4, "Tokenization")."""
+    return re.findall(pattern, text)
+
+
+class WordTokenizer:
+    """One id per frequent pre-token (a word with its leading space, a number, a symbol run).
+
+    The middle ground of chapter 4: short sequences, but a fixed vocabulary cannot cover every word,
+    so rare and unseen pieces become ``<unk>`` and decoding loses them.
+    """
+
+    UNK = "<unk>"
+
+    def __init__(self, words: Iterable[str]):
+        self.words = [self.UNK] + sorted(set(words) - {self.UNK})
+        self.stoi = {w: i for i, w in enumerate(self.words)}
+
+    @classmethod
+    def from_text(cls, text: str, max_vocab: int | None = None) -> "WordTokenizer":
+        if max_vocab is not None and max_vocab < 1:
+            raise ValueError(f"max_vocab must be at least 1 (room for <unk>), got {max_vocab}.")
+        counts = Counter(pretokenize(text))
+        keep = counts.most_common(None if max_vocab is None else max_vocab - 1)
+        return cls(w for w, _ in keep)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.words)
+
+    def encode(self, text: str) -> torch.Tensor:
+        return torch.tensor([self.stoi.get(w, 0) for w in pretokenize(text)], dtype=torch.long)
+
+    def decode(self, ids: Iterable[int] | torch.Tensor) -> str:
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"Ids {bad[:5]} are outside the vocabulary (size {self.vocab_size}).")
+        return "".join(self.words[i] for i in ids)
+
+    def __repr__(self) -> str:
+        return f"WordTokenizer(vocab_size={self.vocab_size})"
+
+
+def merge_pair(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
+    """Replace every occurrence of ``pair`` in ``ids``, left to right, by ``new_id``.
+
+    Occurrences do not overlap: in ``[a, a, a]`` the pair ``(a, a)`` merges once, at the left.
+    """
+    out, i, n = [], 0, len(ids)
+    a, b = pair
+    while i < n:
+        if i + 1 < n and ids[i] == a and ids[i + 1] == b:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+class ByteBPE:
+    """Byte-level byte-pair encoding (chapter 4, "Tokenization").
+
+    The base vocabulary is the 256 byte values, so every string (any Unicode) has an encoding and
+    decodes back exactly. Training repeatedly merges the most frequent adjacent pair of ids into
+    a new id; ``merges[k]`` is the pair that became id ``256 + k``. Special tokens such as
+    ``"<|endoftext|>"`` get the ids after the merges and are never split.
+    """
+
+    FORMAT = "lmlib-bytebpe"
+    VERSION = 1
+
+    def __init__(
+        self,
+        merges: Iterable[tuple[int, int]] = (),
+        special_tokens: Iterable[str] = (),
+        pattern: str = PRETOKENIZE,
+    ):
+        self.merges = [tuple(int(x) for x in m) for m in merges]
+        self.pattern = pattern
+        self._compiled = re.compile(pattern)
+        self.vocab = [bytes([i]) for i in range(256)]
+        self.ranks: dict[tuple[int, int], int] = {}
+        for k, merge in enumerate(self.merges):
+            new_id = 256 + k
+            if len(merge) != 2:
+                raise ValueError(f"Merge {k} is {merge}; a merge is a pair of ids: the merge list is corrupt.")
+            a, b = merge
+            if not (0 <= a < new_id and 0 <= b < new_id):
+                raise ValueError(
+                    f"Merge {k} is {(a, b)}, but merge {k} may only join ids below {new_id} "
+                    "(the 256 bytes and the earlier merges): the merge list is corrupt."
+                )
+            self.ranks[(a, b)] = new_id
+            self.vocab.append(self.vocab[a] + self.vocab[b])
+        specials = list(dict.fromkeys(special_tokens))
+        if any(not s for s in specials):
+            raise ValueError("Special tokens must be non-empty strings.")
+        self.special_tokens = {s: len(self.vocab) + i for i, s in enumerate(specials)}
+        self._special_of_id = {i: s for s, i in self.special_tokens.items()}
+        self._special_re = (
+            re.compile("(" + "|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True)) + ")")
+            if specials else None
+        )
+        self._cache: dict[str, tuple[int, ...]] = {}
+
+    # -- training -------------------------------------------------------------------------------
+
+    @classmethod
+    def train(
+        cls,
+        text: str,
+        vocab_size: int,
+        special_tokens: Iterable[str] = (),
+        pattern: str = PRETOKENIZE,
+        progress: bool = True,
+    ) -> "ByteBPE":
+        """Learn ``vocab_size - 256 - len(special_tokens)`` merges from ``text``.
+
+        Training works on the table of distinct pre-tokens and their counts, not on the running
+        text, and keeps the count of every adjacent pair up to date: a merge re-counts only the
+        words that contain the merged pair. A heap with lazy deletion finds the most frequent
+        pair; ties go to the smallest pair of ids, so training is deterministic.
+        """
+        from tqdm.auto import tqdm
+
+        specials = list(dict.fromkeys(special_tokens))
+        n_merges = vocab_size - 256 - len(specials)
+        if n_merges < 0:
+            raise ValueError(
+                f"vocab_size={vocab_size} is too small: a byte-level BPE needs 256 byte tokens plus "
+                f"{len(specials)} special token(s). Use vocab_size >= {256 + len(specials)}."
+            )
+        if specials:  # special tokens in the training text are boundaries, not text to learn from
+            text = re.sub("|".join(re.escape(s) for s in specials), " ", text)
+        counts = Counter(re.findall(pattern, text))
+        words = [list(w.encode("utf-8")) for w in counts]
+        freqs = list(counts.values())
+        pair_counts: dict[tuple[int, int], int] = defaultdict(int)
+        where: dict[tuple[int, int], set[int]] = defaultdict(set)
+        for wi, w in enumerate(words):
+            for p in zip(w, w[1:]):
+                pair_counts[p] += freqs[wi]
+                where[p].add(wi)
+        heap = [(-c, p) for p, c in pair_counts.items()]
+        heapq.heapify(heap)
+        merges: list[tuple[int, int]] = []
+        for new_id in tqdm(range(256, 256 + n_merges), desc="BPE merges", disable=not progress, leave=False):
+            while heap:
+                neg, pair = heapq.heappop(heap)
+                if pair_counts.get(pair, 0) == -neg:
+                    break
+            else:
+                break  # every word is a single token: nothing left to merge
+            merges.append(pair)
+            touched = set()
+            for wi in where.pop(pair):
+                w, f = words[wi], freqs[wi]
+                for p in zip(w, w[1:]):
+                    pair_counts[p] -= f
+                    touched.add(p)
+                w = words[wi] = merge_pair(w, pair, new_id)
+                for p in zip(w, w[1:]):
+                    pair_counts[p] += f
+                    where[p].add(wi)
+                    touched.add(p)
+            for p in touched:
+                c = pair_counts[p]
+                if c > 0:
+                    heapq.heappush(heap, (-c, p))
+                else:
+                    del pair_counts[p]
+        return cls(merges, specials, pattern)
+
+    # -- encoding and decoding ------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab) + len(self.special_tokens)
+
+    def _encode_piece(self, piece: str) -> tuple[int, ...]:
+        cached = self._cache.get(piece)
+        if cached is not None:
+            return cached
+        ids = list(piece.encode("utf-8"))
+        while len(ids) > 1:
+            # apply the earliest-learned merge present, exactly as training would have
+            pair = min(zip(ids, ids[1:]), key=lambda p: self.ranks.get(p, 1 << 62))
+            if pair not in self.ranks:
+                break
+            ids = merge_pair(ids, pair, self.ranks[pair])
+        if len(self._cache) > 200_000:
+            self._cache.clear()
+        out = self._cache[piece] = tuple(ids)
+        return out
+
+    def encode_list(self, text: str) -> list[int]:
+        """Ids of ``text`` as a Python list (special tokens in the text map to their ids)."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects a str, got {type(text).__name__}; decode bytes first.")
+        out: list[int] = []
+        parts = self._special_re.split(text) if self._special_re else [text]
+        for k, part in enumerate(parts):
+            if k % 2 == 1:  # re.split with one group puts the separators at odd positions
+                out.append(self.special_tokens[part])
+                continue
+            for piece in self._compiled.findall(part):
+                out.extend(self._encode_piece(piece))
+        return out
+
+    def encode(self, text: str) -> torch.Tensor:
+        """Ids of ``text`` as a 1-D int64 tensor (like :class:`CharTokenizer`)."""
+        return torch.tensor(self.encode_list(text), dtype=torch.long)
+
+    def decode_bytes(self, ids: Iterable[int] | torch.Tensor) -> bytes:
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        out = []
+        n = len(self.vocab)
+        for i in ids:
+            if 0 <= i < n:
+                out.append(self.vocab[i])
+            elif i in self._special_of_id:
+                out.append(self._special_of_id[i].encode("utf-8"))
+            else:
+                raise ValueError(f"Id {i} is outside the vocabulary (size {self.vocab_size}).")
+        return b"".join(out)
+
+    def decode(self, ids: Iterable[int] | torch.Tensor) -> str:
+        """The text of ``ids``. A slice that cuts a multi-byte character shows U+FFFD there."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def pieces(self, text: str) -> list[str]:
+        """The tokens of ``text`` as strings, to look at (partial characters shown as U+FFFD)."""
+        return [self.decode([i]) for i in self.encode_list(text)]
+
+    # -- saving and loading ---------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> None:
+        """Write the tokenizer as JSON: format, version, pattern, merges, special tokens."""
+        data = {
+            "format": self.FORMAT,
+            "version": self.VERSION,
+            "pattern": self.pattern,
+            "merges": [list(m) for m in self.merges],
+            "special_tokens": self.special_tokens,
+        }
+        Path(path).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ByteBPE":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"No tokenizer file at {path}; save one with ByteBPE.save(path).")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is not a valid tokenizer file (not JSON: {err}). Train and save it again.") from None
+        if not isinstance(data, dict) or data.get("format") != cls.FORMAT:
+            got = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"{path} is not a ByteBPE file: its format is {got!r}, expected {cls.FORMAT!r}.")
+        if data.get("version") != cls.VERSION:
+            raise ValueError(
+                f"{path} has ByteBPE format version {data.get('version')!r}; this lmlib reads version "
+                f"{cls.VERSION}. Re-save it with a matching lmlib."
+            )
+        try:
+            merges = [tuple(m) for m in data["merges"]]
+            if any(len(m) != 2 or not all(isinstance(x, int) for x in m) for m in merges):
+                raise ValueError("every merge must be a pair of integer ids")
+            specials = data["special_tokens"]
+            tok = cls(merges, sorted(specials, key=specials.get), data["pattern"])
+        except (KeyError, TypeError, ValueError, re.error) as err:
+            raise ValueError(f"{path} is a corrupt ByteBPE file ({type(err).__name__}: {err}).") from None
+        if tok.special_tokens != specials:
+            raise ValueError(
+                f"{path} is corrupt: its special-token ids {specials} do not follow the "
+                f"{len(merges)} merges (expected {tok.special_tokens})."
+            )
+        return tok
+
+    def __repr__(self) -> str:
+        return f"ByteBPE(vocab_size={self.vocab_size}, merges={len(self.merges)}, special={list(self.special_tokens)})"
