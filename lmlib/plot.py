@@ -59,3 +59,30 @@ def curves(
     ax.grid(alpha=0.3)
     ax.legend()
     return ax
+
+
+def attention_heads(weights, tokens: Sequence[str], *, title: str = "", ncols: int = 4, size: float = 2.6):
+    """A grid of attention maps, one per head, from weights of shape (heads, T, T) (chapter 2).
+
+    The static twin of ``lmlib.widgets.attention_explorer`` for the website. Returns the figure.
+    """
+    weights = torch.as_tensor(weights).detach().float().cpu()
+    if weights.dim() != 3 or weights.shape[1:] != (len(tokens), len(tokens)):
+        raise ValueError(f"weights must be (heads, T, T) with T = len(tokens) = {len(tokens)}, got {tuple(weights.shape)}.")
+    H, T = weights.shape[0], len(tokens)
+    ncols = min(ncols, H)
+    nrows = -(-H // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols + 0.5, size * nrows + 0.5), squeeze=False)
+    labels = [repr(t)[1:-1] for t in tokens]
+    for h, ax in enumerate(axes.flat):
+        if h >= H:
+            ax.axis("off")
+            continue
+        ax.imshow(weights[h].numpy(), cmap="viridis", vmin=0, vmax=1)
+        ax.set_title(f"head {h}", fontsize=9)
+        ax.set_xticks(range(T), labels if T <= 24 else [""] * T, rotation=90, fontsize=6)
+        ax.set_yticks(range(T), labels if (T <= 24 and h % ncols == 0) else [""] * T, fontsize=6)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,142 @@
+"""Interactive explorers (ipywidgets) for the notebooks, with a static twin for the website.
+
+Started in chapter 2 ("Masks and multi-head attention") with the attention explorer; any chapter
+can add an explorer here. Every explorer is built on :func:`explorer`: a ``draw(fig, **values)``
+function plus named controls. In Jupyter or Colab, moving a control redraws the figure. The static
+website cannot run Python, so a saved widget shows only its first drawing: each notebook draws a
+plain figure beside it (for attention, :func:`lmlib.plot.attention_heads`).
+
+Adding an explorer: write ``draw(fig, **values)`` that fills a Matplotlib figure, and return
+``explorer(draw, {"name": some_widget, ...})``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import torch
+
+try:
+    import ipywidgets as W
+except ImportError:  # pragma: no cover - ipywidgets is a course dependency
+    W = None
+
+
+def _require_ipywidgets():
+    if W is None:
+        raise ImportError("The explorers need ipywidgets: pip install ipywidgets (Colab has it).")
+    return W
+
+
+def explorer(
+    draw: Callable[..., None],
+    controls: Mapping[str, "W.ValueWidget"],
+    *,
+    figsize: tuple[float, float] = (9, 4),
+) -> "W.Widget":
+    """Controls on top, a Matplotlib figure below, redrawn with ``draw(fig, **values)`` on change."""
+    W = _require_ipywidgets()
+
+    def redraw(**values):
+        fig = plt.figure(figsize=figsize)
+        draw(fig, **values)
+        plt.show()
+
+    output = W.interactive_output(redraw, dict(controls))
+    return W.VBox([W.HBox(list(controls.values())), output])
+
+
+def attention_explorer(
+    tokens: Sequence[str],
+    weights: torch.Tensor,
+    *,
+    layer_names: Sequence[str] | None = None,
+    figsize: tuple[float, float] = (10, 4.5),
+) -> "W.Widget":
+    """Explore attention weights of shape (heads, T, T) or (layers, heads, T, T) over ``tokens``.
+
+    Pick a layer and head (or the mean over heads) and a query position: the left panel shows the
+    whole (query, key) map with the chosen query's row outlined, the right panel that row as bars.
+    """
+    W = _require_ipywidgets()
+    weights = torch.as_tensor(weights).detach().float().cpu()
+    if weights.dim() == 3:
+        weights = weights[None]
+    if weights.dim() != 4 or weights.shape[-1] != weights.shape[-2] or weights.shape[-1] != len(tokens):
+        raise ValueError(
+            f"weights must be (heads, T, T) or (layers, heads, T, T) with T = len(tokens) = {len(tokens)}, "
+            f"got shape {tuple(weights.shape)}."
+        )
+    L, H, T, _ = weights.shape
+    names = list(layer_names) if layer_names is not None else [f"layer {i}" for i in range(L)]
+    labels = [repr(t)[1:-1] for t in tokens]
+    controls = {
+        "layer": W.Dropdown(options=[(n, i) for i, n in enumerate(names)], value=0, description="layer"),
+        "head": W.Dropdown(options=[("mean of heads", -1)] + [(f"head {h}", h) for h in range(H)], value=0, description="head"),
+        "query": W.IntSlider(value=T - 1, min=0, max=T - 1, description="query"),
+    }
+
+    def draw(fig, layer: int, head: int, query: int):
+        w = weights[layer].mean(0) if head < 0 else weights[layer, head]
+        ax_map, ax_row = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.1, 1]})
+        ax_map.imshow(w.numpy(), cmap="viridis", vmin=0, vmax=1)
+        ax_map.set_xticks(range(T), labels, rotation=90, fontsize=7)
+        ax_map.set_yticks(range(T), labels, fontsize=7)
+        ax_map.add_patch(plt.Rectangle((-0.5, query - 0.5), T, 1, fill=False, edgecolor="red", lw=1.5))
+        ax_map.set(xlabel="key (attended to)", ylabel="query (attending)")
+        ax_row.bar(range(T), w[query].numpy(), color="tab:blue")
+        ax_row.set_xticks(range(T), labels, rotation=90, fontsize=7)
+        ax_row.set(ylim=(0, 1), ylabel="weight", title=f"query {query}: {labels[query]!s}")
+        fig.tight_layout()
+
+    return explorer(draw, controls, figsize=figsize)
+
+
+def sampling_explorer(
+    logits: torch.Tensor,
+    labels: Sequence[str],
+    *,
+    show: int = 20,
+    figsize: tuple[float, float] = (10, 3.8),
+) -> "W.Widget":
+    """Explore how temperature, top-k and top-p reshape one next-token distribution (chapter 3).
+
+    ``logits`` (V,) are a model's scores for the next token and ``labels`` the V token strings. The
+    bars show the ``show`` most likely tokens: grey the original probabilities, blue the ones the
+    sampler would draw from. Top-k 0 and top-p 1.0 switch those filters off. The static twin for
+    the website is a plain figure at a few temperatures (chapter 3, notebook 03).
+    """
+    W = _require_ipywidgets()
+    from lmlib.generate import top_k_filter, top_p_filter
+
+    logits = torch.as_tensor(logits).detach().float().cpu()
+    if logits.dim() != 1 or logits.numel() != len(labels):
+        raise ValueError(f"logits must be 1-D with one score per label ({len(labels)}), got shape {tuple(logits.shape)}.")
+    show = min(show, logits.numel())
+    order = logits.argsort(descending=True)[:show]
+    names = [repr(labels[i])[1:-1] for i in order.tolist()]
+    controls = {
+        "temperature": W.FloatLogSlider(value=1.0, base=10, min=-1.3, max=0.7, step=0.05, description="temperature"),
+        "top_k": W.IntSlider(value=0, min=0, max=show, description="top-k (0=off)"),
+        "top_p": W.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, description="top-p"),
+    }
+
+    def draw(fig, temperature: float, top_k: int, top_p: float):
+        scaled = logits / temperature
+        if top_k > 0:
+            scaled = top_k_filter(scaled, top_k)
+        if top_p < 1.0:
+            scaled = top_p_filter(scaled, top_p)
+        probs = torch.softmax(scaled, dim=-1)
+        kept = int((probs > 0).sum())
+        entropy = -(probs[probs > 0] * probs[probs > 0].log()).sum().item()
+        ax = fig.subplots()
+        ax.bar(range(show), torch.softmax(logits, -1)[order].numpy(), color="lightgrey", label="T = 1, unfiltered")
+        ax.bar(range(show), probs[order].numpy(), width=0.5, color="tab:blue", label="sampled from")
+        ax.set_xticks(range(show), names, fontsize=8)
+        ax.set(ylim=(0, 1), ylabel="probability",
+               title=f"T = {temperature:.2f}: {kept} tokens can be drawn, entropy {entropy:.2f} nats")
+        ax.legend()
+        fig.tight_layout()
+
+    return explorer(draw, controls, figsize=figsize)
