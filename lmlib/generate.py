@@ -1,0 +1,209 @@
+"""Text generation: decoding rules, a KV-cached sampling loop, stopping conditions and beam search.
+
+Derived in chapter 3 ("Build the Transformer", notebook 03); chapter 5 uses :func:`beam_search`
+for translation with an encoder-decoder.
+
+API summary
+-----------
+top_k_filter(logits, k) -> logits         everything below the k-th largest set to -inf
+top_p_filter(logits, p) -> logits         keep the smallest set of tokens whose probability >= p
+next_token(logits (B, V), temperature=1.0, top_k=None, top_p=None, greedy=False, generator=None)
+    -> (B, 1) ids
+generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, greedy=False,
+         eos_id=None, use_cache=True, generator=None) -> (B, T + n) ids
+    ``model(idx, cache=...) -> (logits, loss)`` as :class:`lmlib.model.GPT`. Stops after
+    ``max_new_tokens``, or when every sequence has produced ``eos_id`` (finished sequences are
+    padded with ``eos_id``). Inputs longer than ``model.config.block_size`` are cropped to the
+    last ``block_size`` tokens, with or without the cache, so both paths give the same tokens.
+beam_search(logits_fn, idx, max_new_tokens, beam_size=4, eos_id=None, length_penalty=1.0,
+            block_size=None) -> (ids (1, T + n), score)
+    ``logits_fn(ids (beams, T)) -> logits (beams, T, V)`` or a GPT-like model returning
+    ``(logits, loss)``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+__all__ = ["top_k_filter", "top_p_filter", "next_token", "generate", "beam_search"]
+
+
+def top_k_filter(logits: Tensor, k: int) -> Tensor:
+    """Keep the ``k`` largest logits of each row (last axis), set the rest to -inf.
+
+    Ties with the k-th largest value are kept, so a row may keep more than k entries.
+    """
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"top_k must be a positive integer, got {k!r}.")
+    k = min(k, logits.shape[-1])
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: Tensor, p: float) -> Tensor:
+    """Nucleus filter (Holtzman et al. 2020): keep the most likely tokens until their total
+    probability reaches ``p``, set the rest to -inf. The most likely token is always kept.
+    """
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {p!r}.")
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = F.softmax(sorted_logits.float(), dim=-1)
+    before = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked above this one
+    drop_sorted = before >= p  # enough mass already without this token
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def next_token(
+    logits: Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Pick one token per row of ``logits`` (B, V): argmax, or a sample from the filtered softmax.
+
+    Order: divide by ``temperature``, then top-k, then top-p, then sample.
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"logits must have shape (batch, vocab), got {tuple(logits.shape)}.")
+    if greedy:
+        return logits.argmax(dim=-1, keepdim=True)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {temperature!r}.")
+    logits = logits.float() / temperature
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = top_p_filter(logits, top_p)
+    probs = F.softmax(logits, dim=-1)
+    if generator is not None and generator.device != probs.device:
+        return torch.multinomial(probs.to(generator.device), 1, generator=generator).to(logits.device)
+    return torch.multinomial(probs, 1, generator=generator)
+
+
+def _check_idx(idx: Tensor) -> None:
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.shape[1] == 0:
+        shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
+        raise ValueError(f"idx must be a non-empty (batch, seq) tensor of token ids, got {shape}; use idx[None] for one prompt.")
+
+
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    idx: Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    greedy: bool = False,
+    eos_id: int | None = None,
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Continue each prompt in ``idx`` (B, T) by up to ``max_new_tokens`` tokens (chapter 3, notebook 03).
+
+    With ``use_cache`` the prompt is run once and then each step feeds only the newest token,
+    reading the earlier keys and values from a KV cache: the same tokens as ``use_cache=False``,
+    which recomputes the whole context at every step. When the context is full, a model with
+    learned positions must shift every token's position, so the cache is rebuilt from the cropped
+    window (each such step costs a full forward pass).
+    """
+    _check_idx(idx)
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}.")
+    if not greedy and not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {temperature!r}.")
+    block_size = model.config.block_size
+    was_training = model.training
+    model.eval()
+    done = torch.zeros(idx.shape[0], 1, dtype=torch.bool, device=idx.device)
+    cache = None
+    try:
+        for _ in range(max_new_tokens):
+            if use_cache:
+                if cache is None or cache[0].length + 1 > block_size:
+                    cache = model.new_cache()  # (re)fill from the cropped context
+                    logits, _ = model(idx[:, -block_size:], cache=cache)
+                else:
+                    logits, _ = model(idx[:, -1:], cache=cache)
+            else:
+                logits, _ = model(idx[:, -block_size:])
+            nxt = next_token(logits[:, -1, :], temperature, top_k, top_p, greedy, generator)
+            if eos_id is not None:
+                nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+                done = done | (nxt == eos_id)
+            idx = torch.cat([idx, nxt], dim=1)
+            if eos_id is not None and bool(done.all()):
+                break
+    finally:
+        model.train(was_training)
+    return idx
+
+
+@torch.no_grad()
+def beam_search(
+    logits_fn: Callable[[Tensor], Tensor] | torch.nn.Module,
+    idx: Tensor,
+    max_new_tokens: int,
+    beam_size: int = 4,
+    eos_id: int | None = None,
+    length_penalty: float = 1.0,
+    block_size: int | None = None,
+) -> tuple[Tensor, float]:
+    """The most likely continuation of one prompt (1, T) found by keeping ``beam_size`` candidates.
+
+    Each step extends every live candidate by every token and keeps the ``beam_size`` best by total
+    log-probability. A candidate that emits ``eos_id`` is finished; the result is the finished (or,
+    at the end, live) candidate with the best score = log-probability / length ** length_penalty
+    (0 ranks by raw log-probability, which favours short outputs). No cache: clarity first.
+    """
+    _check_idx(idx)
+    if idx.shape[0] != 1:
+        raise ValueError(f"beam_search decodes one prompt at a time, got a batch of {idx.shape[0]}.")
+    if not isinstance(beam_size, int) or beam_size < 1:
+        raise ValueError(f"beam_size must be a positive integer, got {beam_size!r}.")
+    if block_size is None and hasattr(logits_fn, "config"):
+        block_size = logits_fn.config.block_size
+    is_module = isinstance(logits_fn, torch.nn.Module)
+    if is_module:
+        was_training = logits_fn.training
+        logits_fn.eval()
+
+    def step(seqs: Tensor) -> Tensor:
+        out = logits_fn(seqs if block_size is None else seqs[:, -block_size:])
+        out = out[0] if isinstance(out, tuple) else out
+        return F.log_softmax(out[:, -1, :].float(), dim=-1)
+
+    def score(logp: float, n: int) -> float:
+        return logp / max(n, 1) ** length_penalty
+
+    beams, logps = idx, torch.zeros(1, device=idx.device)
+    finished: list[tuple[float, Tensor]] = []
+    try:
+        for t in range(max_new_tokens):
+            cand = (logps[:, None] + step(beams)).flatten()  # (beams * V)
+            V = cand.numel() // beams.shape[0]
+            # 2 * beam_size candidates: even if up to beam_size of them end, beam_size stay live
+            top = torch.topk(cand, min(2 * beam_size, cand.numel()))
+            rows, toks = top.indices // V, top.indices % V
+            seqs = torch.cat([beams[rows], toks[:, None]], dim=1)
+            ended = toks == eos_id if eos_id is not None else torch.zeros_like(toks, dtype=torch.bool)
+            for i in ended.nonzero().flatten().tolist():
+                if i < beam_size:  # an ending that ranks among the best beam_size counts
+                    finished.append((score(top.values[i].item(), t + 1), seqs[i: i + 1]))
+            beams, logps = seqs[~ended][:beam_size], top.values[~ended][:beam_size]
+            if beams.shape[0] == 0:
+                break
+    finally:
+        if is_module:
+            logits_fn.train(was_training)
+    n = max_new_tokens
+    finished += [(score(logps[i].item(), n), beams[i: i + 1]) for i in range(beams.shape[0])]
+    best_score, best = max(finished, key=lambda item: item[0])
+    return best, best_score

@@ -1,0 +1,361 @@
+"""The Transformer, assembled: norms, feed-forward networks, blocks and a decoder-only GPT.
+
+Derived in chapter 3 ("Build the Transformer"): notebook 01 derives ``LayerNorm``, ``RMSNorm``,
+``MLP`` / ``SwiGLU`` and ``Block`` (pre-norm and post-norm), notebook 02 ``GPTConfig`` and ``GPT``
+with its parameter and FLOP counts. Attention itself is chapter 2's
+:class:`lmlib.attention.MultiHeadAttention`; it is not re-implemented here. Chapter 5 adds an
+encoder-decoder on top of the same ``Block`` (``cross_attention=True``).
+
+Conventions (nanoGPT's, which :class:`lmlib.train.Trainer` relies on): token ids are batch first,
+``idx`` of shape (B, T); ``GPT.forward(idx, targets=None, cache=None) -> (logits, loss)`` with
+``logits`` (B, T, vocab_size) and ``loss`` the mean next-token cross-entropy (None without
+targets).
+
+API summary
+-----------
+LayerNorm(dim, bias=True, eps=1e-5), RMSNorm(dim, eps=1e-5)          (nn.Module)
+MLP(d_model, hidden, bias=True, dropout=0.0)            Linear -> GELU (tanh form) -> Linear
+SwiGLU(d_model, hidden, bias=False, dropout=0.0)        (silu(x W_gate) * x W_up) W_down
+Block(config, cross_attention=False)                    forward(x, cache=None, context=None)
+GPTConfig(vocab_size, block_size, n_layer, n_head, n_embd, dropout, bias, norm, mlp, pos,
+          tie_weights, n_kv_heads, prenorm, fast)       validated in __post_init__
+    .head_dim, .kv_heads, .mlp_hidden
+GPT(config)
+    forward(idx, targets=None, cache=None) -> (logits, loss)
+    new_cache() -> list[KVCache]                        one per layer, for lmlib.generate
+    num_params(non_embedding=False) -> int
+    flops_per_token(seq_len=None, backward=True) -> int  (training FLOPs per token by default)
+count_params(config, non_embedding=False) -> int        the same count from the formula alone
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lmlib.attention import KVCache, LearnedPositions, MultiHeadAttention, RotaryEmbedding
+
+Tensor = torch.Tensor
+
+__all__ = ["LayerNorm", "RMSNorm", "MLP", "SwiGLU", "Block", "GPTConfig", "GPT", "count_params"]
+
+
+# --- normalisation ------------------------------------------------------------------------------
+
+class LayerNorm(nn.Module):
+    """(x - mean) / sqrt(var + eps) * weight + bias over the last axis (Ba et al. 2016).
+
+    ``bias=False`` drops the shift (as in nanoGPT's bias-free variant). Same numbers as
+    ``torch.nn.functional.layer_norm``.
+    """
+
+    def __init__(self, dim: int, bias: bool = True, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight: no centring, no shift (Zhang and Sennrich 2019)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        rms = torch.rsqrt(x.float().pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return (x.float() * rms).to(x.dtype) * self.weight
+
+
+def _norm(config: GPTConfig) -> nn.Module:
+    if config.norm == "rms":
+        return RMSNorm(config.n_embd)
+    return LayerNorm(config.n_embd, bias=config.bias)
+
+
+# --- feed-forward networks ----------------------------------------------------------------------
+
+class MLP(nn.Module):
+    """The position-wise feed-forward network: widen to ``hidden``, GELU, project back.
+
+    GELU uses the tanh approximation, as GPT-2 does, so that weights from GPT-2 give its logits.
+    """
+
+    def __init__(self, d_model: int, hidden: int, bias: bool = True, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.fc = nn.Linear(d_model, hidden, bias=bias)
+        self.proj = nn.Linear(hidden, d_model, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+
+
+class SwiGLU(nn.Module):
+    """Gated feed-forward network (Shazeer 2020): down(silu(gate(x)) * up(x)), as in Llama."""
+
+    def __init__(self, d_model: int, hidden: int, bias: bool = False, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.gate = nn.Linear(d_model, hidden, bias=bias)
+        self.up = nn.Linear(d_model, hidden, bias=bias)
+        self.proj = nn.Linear(hidden, d_model, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.proj(F.silu(self.gate(x)) * self.up(x)))
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+@dataclass
+class GPTConfig:
+    """Every size and choice of a GPT, checked when the config is built (chapter 3, notebook 02).
+
+    ``block_size`` is the context length (the longest sequence the model accepts). ``norm`` is
+    ``"layer"`` or ``"rms"``, ``mlp`` is ``"gelu"`` (hidden 4 * n_embd) or ``"swiglu"`` (hidden
+    8/3 * n_embd rounded up to a multiple of 8, so both have about the same parameter count),
+    ``pos`` is ``"learned"`` (GPT-2's position table) or ``"rope"`` (rotary, chapter 2).
+    ``n_kv_heads`` < ``n_head`` gives grouped-query attention. ``prenorm=False`` builds the
+    original post-norm block (norm after each residual addition). ``fast`` uses PyTorch's fused
+    attention; ``False`` runs chapter 2's explicit formula (same numbers, slower).
+    """
+
+    vocab_size: int = 65
+    block_size: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True
+    norm: str = "layer"
+    mlp: str = "gelu"
+    pos: str = "learned"
+    tie_weights: bool = True
+    n_kv_heads: int | None = None
+    prenorm: bool = True
+    fast: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}.")
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: each head gets "
+                f"n_embd / n_head features. Pick n_head among the divisors of {self.n_embd}."
+            )
+        if self.kv_heads < 1 or self.n_head % self.kv_heads:
+            raise ValueError(
+                f"n_head={self.n_head} must be a multiple of n_kv_heads={self.n_kv_heads} "
+                "(query heads share key/value heads in equal groups)."
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
+        choices = {"norm": ("layer", "rms"), "mlp": ("gelu", "swiglu"), "pos": ("learned", "rope")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"GPTConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+        if self.pos == "rope" and self.head_dim % 2:
+            raise ValueError(f"rotary positions need an even head_dim, got n_embd / n_head = {self.head_dim}.")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_head if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        if self.mlp == "gelu":
+            return 4 * self.n_embd
+        return 8 * math.ceil(8 * self.n_embd / 3 / 8)
+
+
+# --- the block ----------------------------------------------------------------------------------
+
+class Block(nn.Module):
+    """One Transformer layer: causal self-attention and a feed-forward network, each a residual branch.
+
+    Pre-norm (GPT-2 and later): ``x = x + attn(norm(x)); x = x + mlp(norm(x))``. Post-norm (the
+    original Transformer): ``x = norm(x + attn(x)); x = norm(x + mlp(x))``. With
+    ``cross_attention=True`` a third branch between the two attends to ``context`` (the encoder's
+    output in an encoder-decoder, chapter 5).
+    """
+
+    def __init__(self, config: GPTConfig, cross_attention: bool = False, pos_fn=None) -> None:
+        super().__init__()
+        self.prenorm = config.prenorm
+        mha = dict(bias=config.bias, dropout=config.dropout, fast=config.fast)
+        self.ln_1 = _norm(config)
+        self.attn = MultiHeadAttention(config.n_embd, config.n_head, config.n_kv_heads, causal=True, pos_fn=pos_fn, **mha)
+        if cross_attention:
+            self.ln_cross = _norm(config)
+            self.cross_attn = MultiHeadAttention(config.n_embd, config.n_head, config.n_kv_heads, **mha)
+        else:
+            self.cross_attn = None
+        self.ln_2 = _norm(config)
+        if config.mlp == "gelu":
+            self.mlp = MLP(config.n_embd, config.mlp_hidden, config.bias, config.dropout)
+        else:
+            self.mlp = SwiGLU(config.n_embd, config.mlp_hidden, config.bias, config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def _branch(self, x: Tensor, norm: nn.Module, fn) -> Tensor:
+        if self.prenorm:
+            return x + fn(norm(x))
+        return norm(x + fn(x))
+
+    def forward(self, x: Tensor, cache: KVCache | None = None, context: Tensor | None = None,
+                context_mask: Tensor | None = None) -> Tensor:
+        x = self._branch(x, self.ln_1, lambda h: self.resid_dropout(self.attn(h, cache=cache)))
+        if self.cross_attn is not None:
+            if context is None:
+                raise ValueError("this block has cross-attention: pass context (B, S, n_embd), the encoder output.")
+            x = self._branch(x, self.ln_cross,
+                             lambda h: self.resid_dropout(self.cross_attn(h, context=context, mask=context_mask)))
+        return self._branch(x, self.ln_2, self.mlp)
+
+
+# --- the model ----------------------------------------------------------------------------------
+
+class GPT(nn.Module):
+    """A decoder-only Transformer language model (chapter 3, notebook 02).
+
+    Token embedding (+ learned positions, or rotary positions inside attention), dropout,
+    ``n_layer`` blocks, a final norm and an output head whose weight is the token embedding
+    (``tie_weights``). Initialisation follows GPT-2: normal(0, 0.02) weights, zero biases, and the
+    projections that write into the residual stream scaled by 1 / sqrt(2 * n_layer), so the
+    stream's variance does not grow with depth.
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"GPT needs a GPTConfig, got {type(config).__name__}.")
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = LearnedPositions(config.block_size, config.n_embd) if config.pos == "learned" else None
+        rope = RotaryEmbedding(config.head_dim) if config.pos == "rope" else None
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, pos_fn=rope) for _ in range(config.n_layer))
+        self.ln_f = _norm(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("out_proj.weight") or name.endswith("mlp.proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.tie_weights:
+            self.lm_head.weight = self.wte.weight
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def new_cache(self) -> list[KVCache]:
+        """One empty :class:`lmlib.attention.KVCache` per layer, for incremental decoding."""
+        return [KVCache() for _ in self.blocks]
+
+    def _check_input(self, idx: Tensor, offset: int) -> None:
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
+            shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
+            raise ValueError(f"idx must be a (batch, seq) tensor of token ids, got {shape}; add a batch axis with idx[None].")
+        if idx.dtype not in (torch.long, torch.int, torch.int16, torch.uint8, torch.int8):
+            raise TypeError(f"idx must hold integer token ids, got dtype {idx.dtype}.")
+        T = idx.shape[1]
+        if T == 0:
+            raise ValueError("idx is empty along the sequence axis: give at least one token.")
+        if offset + T > self.config.block_size:
+            raise ValueError(
+                f"sequence of {offset + T} tokens (cache {offset} + new {T}) is longer than the context "
+                f"block_size={self.config.block_size}; crop it to the last {self.config.block_size} tokens."
+            )
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= self.config.vocab_size:
+            raise ValueError(
+                f"token ids must be in [0, {self.config.vocab_size}) (vocab_size), got values in "
+                f"[{lo}, {hi}]; was the text encoded with a different tokenizer?"
+            )
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None,
+                cache: list[KVCache] | None = None) -> tuple[Tensor, Tensor | None]:
+        """Logits (B, T, vocab) for every position, and the mean cross-entropy against ``targets``.
+
+        With ``cache`` (from :meth:`new_cache`), ``idx`` holds only the new tokens; their keys and
+        values are appended to the cache and they attend to everything before them.
+        """
+        if cache is not None and len(cache) != len(self.blocks):
+            raise ValueError(f"cache must hold one KVCache per layer ({len(self.blocks)}), got {len(cache)}.")
+        offset = cache[0].length if cache is not None else 0
+        self._check_input(idx, offset)
+        if targets is not None and targets.shape != idx.shape:
+            raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}.")
+        x = self.wte(idx.long())
+        if self.wpe is not None:
+            x = self.wpe(x, offset)
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache=None if cache is None else cache[i])
+        logits = self.lm_head(self.ln_f(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten().long())
+        return logits, loss
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameters of the module (a tied weight counted once).
+
+        ``non_embedding=True`` leaves out the token and position tables (the count scaling laws
+        use); an untied output head is a matrix multiply and stays in.
+        """
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.wte.weight.numel()
+            if self.wpe is not None:
+                n -= self.wpe.table.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None, backward: bool = True) -> int:
+        """Floating-point operations per token (chapter 3, notebook 02 derives it).
+
+        Forward: 2 per weight of every matrix multiply (attention and MLP projections and the
+        output head), plus attention's own products, q k^T and weights @ v, 2 * 2 * seq_len *
+        n_embd per layer at context ``seq_len`` (default ``block_size``; counted without the causal
+        half, as kernels compute it). With ``backward`` (the default, what
+        :class:`lmlib.train.Trainer` wants for MFU) the backward pass costs twice the forward: x 3.
+        Norms, softmax and activations are a few operations per feature and are left out.
+        """
+        c = self.config
+        T = c.block_size if seq_len is None else seq_len
+        matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        forward = 2 * matmul + c.n_layer * 4 * T * c.n_embd
+        return 3 * forward if backward else forward
+
+
+def count_params(config: GPTConfig, non_embedding: bool = False) -> int:
+    """The parameter count of ``GPT(config)`` from the formula alone (chapter 3, notebook 02)."""
+    d, L, V, h = config.n_embd, config.n_layer, config.vocab_size, config.mlp_hidden
+    kv = config.kv_heads * config.head_dim
+    b = 1 if config.bias else 0
+    norm = d * (2 if config.norm == "layer" and config.bias else 1)
+    attn = (2 * d * d + 2 * d * kv) + b * (2 * d + 2 * kv)
+    mlp = (2 * d * h + b * (h + d)) if config.mlp == "gelu" else (3 * d * h + b * (2 * h + d))
+    embed = V * d + (config.block_size * d if config.pos == "learned" else 0)
+    head = 0 if config.tie_weights else V * d
+    total = embed + L * (attn + mlp + 2 * norm) + norm + head
+    return total - embed if non_embedding else total
