@@ -1,0 +1,307 @@
+"""Making a trained model smaller and cheaper: quantization, pruning and distillation.
+
+Derived in chapter 6 ("Challenges and frontiers", notebook 01 "Faster and smaller"). Everything is
+written from scratch on top of plain PyTorch, so each step can be read and tested:
+
+- symmetric int8 (and packed int4) weight quantization, per output channel or per tensor;
+- :class:`QuantizedLinear`, a drop-in ``nn.Linear`` that stores int8/int4 weights and dequantizes
+  them on the fly, and :func:`quantize_model`, which swaps every linear layer of a model (a tied
+  embedding and output head share one quantized matrix);
+- magnitude pruning with masks (:func:`magnitude_prune`);
+- knowledge distillation (:func:`distillation_loss` and the :class:`Distiller` wrapper, which
+  trains with :class:`lmlib.train.Trainer`);
+- :func:`model_size_bytes`, the real storage of a model's tensors.
+
+API::
+
+    quantize_int8(weight, per_channel=True) -> (q int8, scale float32)
+    quantize_int4(weight) -> (packed uint8, scale)       two 4-bit values per byte, per channel
+    dequantize(q, scale) -> float32 weight; dequantize_int4(packed, scale, in_features)
+    QuantizedLinear.from_linear(linear, bits=8); quantize_model(model, bits=8) -> new model
+    magnitude_prune(model, sparsity, scope="global") -> {name: mask}; sparsity(model) -> float
+    distillation_loss(student_logits, teacher_logits, targets, temperature=2.0, alpha=0.5)
+    Distiller(student, teacher, temperature=2.0, alpha=0.5)   forward(x, targets) -> (logits, loss)
+    model_size_bytes(model) -> int
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+__all__ = [
+    "quantize_int8", "quantize_int4", "dequantize", "dequantize_int4", "QuantizedLinear",
+    "QuantizedEmbedding", "quantize_model", "magnitude_prune", "sparsity", "distillation_loss",
+    "Distiller", "model_size_bytes",
+]
+
+
+# --- quantization of one matrix -----------------------------------------------------------------
+
+def _check_weight(weight: Tensor, name: str) -> None:
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not weight.is_floating_point():
+        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(f"{name} needs a 2-D floating-point weight (out_features, in_features), got {shape}.")
+
+
+def _scales(weight: Tensor, qmax: int, per_channel: bool) -> Tensor:
+    """One scale per row (output channel) or one for the whole matrix, so that max |w| maps to qmax."""
+    w = weight.detach().float()
+    amax = w.abs().amax(dim=1, keepdim=True) if per_channel else w.abs().amax().reshape(1, 1)
+    return (amax / qmax).clamp(min=1e-12)  # an all-zero row would give scale 0 and a division by zero
+
+
+def quantize_int8(weight: Tensor, per_channel: bool = True) -> tuple[Tensor, Tensor]:
+    """Symmetric int8 quantization: ``q = round(w / scale)`` in [-127, 127], ``scale = max|w| / 127``.
+
+    With ``per_channel`` each output row gets its own scale, shape (out, 1); else one scale,
+    shape (1, 1). ``dequantize(q, scale)`` gives back ``w`` within ``scale / 2`` per entry.
+    """
+    _check_weight(weight, "quantize_int8")
+    scale = _scales(weight, 127, per_channel)
+    q = torch.round(weight.detach().float() / scale).clamp(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def dequantize(q: Tensor, scale: Tensor) -> Tensor:
+    """The float32 weight that ``q`` (int8) and ``scale`` (per row or one value) stand for."""
+    return q.float() * scale
+
+
+def quantize_int4(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric 4-bit quantization per output channel, two values packed into each byte.
+
+    Values are in [-7, 7] (``scale = max|w| / 7``), stored offset by 8 as unsigned nibbles; an odd
+    number of columns is padded with one zero. Returns ``(packed uint8 (out, ceil(in / 2)), scale)``.
+    """
+    _check_weight(weight, "quantize_int4")
+    scale = _scales(weight, 7, per_channel=True)
+    q = torch.round(weight.detach().float() / scale).clamp(-7, 7).to(torch.int16) + 8  # 1..15
+    if q.shape[1] % 2:
+        q = F.pad(q, (0, 1), value=8)
+    packed = (q[:, 0::2] | (q[:, 1::2] << 4)).to(torch.uint8)
+    return packed, scale
+
+
+def dequantize_int4(packed: Tensor, scale: Tensor, in_features: int) -> Tensor:
+    """Unpack :func:`quantize_int4`'s bytes into the float32 (out, in_features) weight."""
+    low = (packed & 0x0F).to(torch.int16) - 8
+    high = (packed >> 4).to(torch.int16) - 8
+    q = torch.stack([low, high], dim=-1).flatten(1)[:, :in_features]
+    return q.float() * scale
+
+
+# --- quantized modules --------------------------------------------------------------------------
+
+class QuantizedLinear(nn.Module):
+    """``nn.Linear`` with int8 (or packed int4) weights, dequantized to float32 at every call.
+
+    Weight-only quantization: activations stay float32, so the output differs from the float
+    layer only through the rounding of the weights. Storage shrinks about 4x (8x for int4); on a
+    CPU the extra dequantization makes each call a little slower, not faster (chapter 6 measures it).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, bits: int = 8) -> None:
+        super().__init__()
+        if bits not in (4, 8):
+            raise ValueError(f"bits must be 8 or 4, got {bits!r}.")
+        self.in_features, self.out_features, self.bits = in_features, out_features, bits
+        cols = in_features if bits == 8 else (in_features + 1) // 2
+        self.register_buffer("qweight", torch.zeros(out_features, cols, dtype=torch.int8 if bits == 8 else torch.uint8))
+        self.register_buffer("scale", torch.ones(out_features, 1))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, bits: int = 8) -> "QuantizedLinear":
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"from_linear needs an nn.Linear, got {type(linear).__name__}.")
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, bits)
+        q, scale = quantize_int8(linear.weight) if bits == 8 else quantize_int4(linear.weight)
+        layer.qweight.copy_(q)
+        layer.scale.copy_(scale)
+        if linear.bias is not None:
+            layer.bias.copy_(linear.bias.detach().float())
+        return layer.to(linear.weight.device)
+
+    def weight(self) -> Tensor:
+        """The dequantized float32 weight (out_features, in_features)."""
+        if self.bits == 8:
+            return dequantize(self.qweight, self.scale)
+        return dequantize_int4(self.qweight, self.scale, self.in_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}"
+
+
+class QuantizedEmbedding(nn.Module):
+    """A token embedding that reads its rows from a tied :class:`QuantizedLinear` output head.
+
+    The head's per-output-channel scales are per-token scales, so a lookup dequantizes only the
+    rows it needs, and the embedding and head keep sharing one stored matrix.
+    """
+
+    def __init__(self, head: QuantizedLinear) -> None:
+        super().__init__()
+        self.head = [head]  # a plain list: not registered twice as a submodule
+
+    def forward(self, idx: Tensor) -> Tensor:
+        head = self.head[0]
+        if head.bits == 8:
+            return dequantize(head.qweight[idx], head.scale[idx])
+        rows = head.qweight[idx.flatten()]
+        return dequantize_int4(rows, head.scale[idx.flatten()], head.in_features).reshape(*idx.shape, -1)
+
+
+def quantize_model(model: nn.Module, bits: int = 8) -> nn.Module:
+    """A copy of ``model`` (left unchanged) with every ``nn.Linear`` replaced by :class:`QuantizedLinear`.
+
+    If the model ties its token embedding ``wte`` to its output head ``lm_head`` (as
+    :class:`lmlib.model.GPT` does), the embedding becomes a :class:`QuantizedEmbedding` reading the
+    quantized head, so the two stay one matrix. Norms and position tables stay float32.
+    """
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 8 or 4, got {bits!r}.")
+    if isinstance(model, nn.Linear):
+        return QuantizedLinear.from_linear(model, bits)
+    if not any(isinstance(m, nn.Linear) for m in model.modules()):
+        raise ValueError("quantize_model found no nn.Linear layer to quantize in this model.")
+    model = copy.deepcopy(model).eval()
+    tied = (isinstance(getattr(model, "wte", None), nn.Embedding) and isinstance(getattr(model, "lm_head", None), nn.Linear)
+            and model.wte.weight is model.lm_head.weight)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, QuantizedLinear.from_linear(child, bits))
+    if tied:
+        model.wte = QuantizedEmbedding(model.lm_head)
+    return model
+
+
+# --- pruning ------------------------------------------------------------------------------------
+
+def _prunable(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Weights of linear layers, leaving out one shared with an embedding (a tied output head)."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    return {f"{name}.weight": m.weight for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) and id(m.weight) not in embeddings}
+
+
+def magnitude_prune(model: nn.Module, sparsity: float, scope: str = "global") -> dict[str, Tensor]:
+    """Zero the fraction ``sparsity`` of linear weights with the smallest magnitude, in place.
+
+    ``scope="global"`` ranks all prunable weights together (layers with small weights lose more);
+    ``"layer"`` removes the same fraction from each layer. A tied output head (shared with the
+    embedding) is left whole. Returns the boolean masks (True = kept), keyed by parameter name;
+    multiply gradients by them (``p.register_hook``) to keep the zeros while fine-tuning.
+    """
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), the fraction of weights to remove; got {sparsity!r}.")
+    if scope not in ("global", "layer"):
+        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}.")
+    weights = _prunable(model)
+    if not weights:
+        raise ValueError("magnitude_prune found no nn.Linear weight to prune in this model.")
+    masks = {}
+    with torch.no_grad():
+        if scope == "global":
+            scores = torch.cat([w.detach().abs().flatten().float() for w in weights.values()])
+            k = int(sparsity * scores.numel())
+            threshold = scores.kthvalue(k).values if k > 0 else scores.new_tensor(-1.0)
+            for name, w in weights.items():
+                masks[name] = w.abs() > threshold
+        else:
+            for name, w in weights.items():
+                k = int(sparsity * w.numel())
+                threshold = w.abs().flatten().kthvalue(k).values if k > 0 else w.new_tensor(-1.0)
+                masks[name] = w.abs() > threshold
+        for name, w in weights.items():
+            w.mul_(masks[name])
+    return masks
+
+
+def sparsity(model: nn.Module) -> float:
+    """The fraction of zeros among the prunable (linear, untied) weights of ``model``."""
+    weights = list(_prunable(model).values())
+    total = sum(w.numel() for w in weights)
+    return sum(int((w == 0).sum()) for w in weights) / max(total, 1)
+
+
+# --- distillation -------------------------------------------------------------------------------
+
+def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor,
+                      temperature: float = 2.0, alpha: float = 0.5) -> Tensor:
+    """``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross_entropy(student, targets)``.
+
+    Both distributions are softened by the temperature ``T`` (Hinton et al. 2015); the ``T^2``
+    keeps the soft term's gradients on the scale of the hard term's. Logits are (..., V), targets
+    the matching (...) token ids.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student and teacher logits must have the same shape, got {tuple(student_logits.shape)} "
+                         f"and {tuple(teacher_logits.shape)}; do the two models share a vocabulary?")
+    if targets.shape != student_logits.shape[:-1]:
+        raise ValueError(f"targets must have shape {tuple(student_logits.shape[:-1])} (logits without the vocab axis), "
+                         f"got {tuple(targets.shape)}.")
+    if temperature <= 0 or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"need temperature > 0 and 0 <= alpha <= 1, got temperature={temperature}, alpha={alpha}.")
+    s = student_logits.flatten(0, -2).float()
+    t = teacher_logits.flatten(0, -2).float().detach()
+    soft = F.kl_div(F.log_softmax(s / temperature, -1), F.log_softmax(t / temperature, -1),
+                    reduction="batchmean", log_target=True)
+    hard = F.cross_entropy(s, targets.flatten().long())
+    return alpha * temperature**2 * soft + (1 - alpha) * hard
+
+
+class Distiller(nn.Module):
+    """Train ``student`` to imitate a frozen ``teacher`` with :class:`lmlib.train.Trainer`.
+
+    ``forward(x, targets) -> (student_logits, loss)``: in training mode the loss is
+    :func:`distillation_loss`; in eval mode it is the plain cross-entropy, so the trainer's
+    validation loss is comparable with any other model's. The teacher never trains.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, temperature: float = 2.0, alpha: float = 0.5) -> None:
+        super().__init__()
+        if temperature <= 0 or not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"need temperature > 0 and 0 <= alpha <= 1, got temperature={temperature}, alpha={alpha}.")
+        self.student, self.teacher = student, teacher
+        self.temperature, self.alpha = temperature, alpha
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "Distiller":
+        super().train(mode)
+        self.teacher.eval()  # no dropout in the teacher's soft targets
+        return self
+
+    def forward(self, x: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        logits, hard = self.student(x, targets)
+        if targets is None or not self.training:
+            return logits, hard
+        with torch.no_grad():
+            teacher_logits, _ = self.teacher(x)
+        return logits, distillation_loss(logits, teacher_logits, targets, self.temperature, self.alpha)
+
+
+# --- size ---------------------------------------------------------------------------------------
+
+def model_size_bytes(model: nn.Module) -> int:
+    """Bytes held by the model's parameters and buffers, each shared storage counted once.
+
+    Counts int8/uint8 buffers at 1 byte per entry and the float scales beside them, so it is the
+    real memory of a :func:`quantize_model` result. A pruned model is still dense: its zeros count.
+    """
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel())
+        if key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+    return total
