@@ -1,0 +1,226 @@
+"""Chapter 4's CPU claims for the Tiny Shakespeare character GPT, measured in one process.
+
+The model is nanoGPT's documented CPU configuration (4 layers, 4 heads, width 128, context 64,
+batch 12, dropout 0) built with :class:`lmlib.model.GPT`. Two measurements:
+
+1. Throughput. Tokens/s of a plain float32 PyTorch loop (default ``torch.optim.AdamW``,
+   ``loss.item()`` every step, no compile) against :class:`lmlib.train.Trainer` in its CPU
+   settings: fused AdamW, the loss read only every ``log_every`` steps, with and without
+   ``torch.compile``, and with bfloat16 autocast (``precision="bf16"``). Runs alternate
+   (A, B, C, D, A, B, ...) so that a busy machine slows every variant alike; the table reports
+   medians and ratios to the plain loop. The first steps of every run are warm-up (allocator,
+   compilation) and are not timed. Besides wall-clock tokens/s it reports tokens per CPU-second
+   of the process (``time.process_time``), which a busy machine distorts much less when the run
+   uses one thread.
+2. Time to loss. The Trainer (compiled, float32 unless ``--ttl-precision bf16``) runs
+   nanoGPT's CPU recipe, 2000 steps; the script reports the training time (compilation included,
+   evaluation excluded) and the validation loss on nanoGPT's split (the last 10% of the text, 65
+   characters) over 200 batches, as nanoGPT's ``eval_iters``. The course's targets: at most 1.88
+   within 60 s. ``--seconds S`` instead turns a time budget into a step count from the measured
+   throughput, so the warmup + cosine schedule ends on time.
+
+CPU threads: by default PyTorch uses one thread per core. On a machine that other processes keep
+busy, its OpenMP threads wait for each other and a 2-thread run can be ten times slower than a
+1-thread one; there, pass ``--threads 1`` (the setting applies to every variant alike).
+
+Results go to ``benchmarks/results/cpu_char_gpt.json`` (quoted by the book) and to stdout.
+Re-run on a quiet machine (about 4 minutes on 2 cores)::
+
+    LMLIB_DATA=/work/shared/data .venv/bin/python benchmarks/train_char_gpt.py
+    LMLIB_DATA=/work/shared/data .venv/bin/python benchmarks/train_char_gpt.py --threads 1 \
+        --out benchmarks/results/cpu_char_gpt_1thread.json
+    .venv/bin/python benchmarks/train_char_gpt.py --steps 40 --repeats 1 --ttl-steps 200   # quick look
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from lmlib import data as D
+from lmlib import train as T
+from lmlib.model import GPT, GPTConfig
+from lmlib.tokenizers import CharTokenizer
+
+BLOCK, BATCH = 64, 12
+MODEL = dict(n_layer=4, n_head=4, n_embd=128, block_size=BLOCK, dropout=0.0)
+# nanoGPT's config/train_shakespeare_char.py (learning rate, floor, Adam beta2, warmup) with the
+# README's CPU overrides (sizes above, max_iters = lr_decay_iters = 2000).
+RECIPE = dict(lr=1e-3, min_lr=1e-4, betas=(0.9, 0.99), warmup_steps=100, weight_decay=0.1, grad_clip=1.0)
+WARMUP_STEPS = 10  # untimed steps at the start of every throughput run
+OUT = Path(__file__).parent / "results" / "cpu_char_gpt.json"
+
+
+def load_tokens() -> tuple[torch.Tensor, torch.Tensor, int]:
+    text = D.read_text("tinyshakespeare")
+    tok = CharTokenizer.from_text(text)
+    train, val = D.split(tok.encode(text), 0.1)
+    return train, val, tok.vocab_size
+
+
+def new_model(vocab: int) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=vocab, **MODEL))
+
+
+def plain_loop(train: torch.Tensor, vocab: int, steps: int) -> tuple[float, float]:
+    """What a first training script looks like; (wall-clock, CPU-time) tokens/s over ``steps`` timed steps."""
+    model = new_model(vocab)
+    opt = torch.optim.AdamW(model.parameters(), lr=RECIPE["lr"])
+    gen = torch.Generator().manual_seed(0)
+    for i in range(WARMUP_STEPS + steps):
+        if i == WARMUP_STEPS:
+            start, cpu = time.perf_counter(), time.process_time()
+        x, y = D.random_windows(train, BLOCK, BATCH, generator=gen)
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss.item()  # a plain loop reads the loss every step, to print or record it
+    tokens = steps * BATCH * BLOCK
+    return tokens / (time.perf_counter() - start), tokens / (time.process_time() - cpu)
+
+
+def trainer_run(train: torch.Tensor, vocab: int, steps: int, compile_: bool, precision: str) -> tuple[float, float]:
+    """(wall-clock, CPU-time) tokens/s of ``Trainer.fit`` over ``steps`` steps, after untimed warm-up steps."""
+    cfg = T.TrainConfig(max_steps=WARMUP_STEPS + steps, log_every=10, eval_every=None,
+                        compile=compile_, precision=precision, device="cpu", progress=False,
+                        **dict(RECIPE, warmup_steps=WARMUP_STEPS))
+    trainer = T.Trainer(new_model(vocab), cfg, T.token_batches(train, BLOCK, BATCH))
+    cfg.max_steps = WARMUP_STEPS  # fit() stops here: warm-up and compilation, not timed
+    trainer.fit()
+    cfg.max_steps = WARMUP_STEPS + steps  # ... and continues from there (the schedule is unchanged)
+    start, cpu = time.perf_counter(), time.process_time()
+    trainer.fit()
+    tokens = steps * BATCH * BLOCK
+    return tokens / (time.perf_counter() - start), tokens / (time.process_time() - cpu)
+
+
+@torch.no_grad()
+def val_loss(model: GPT, val: torch.Tensor, batches: int = 200) -> float:
+    """Mean loss over ``batches`` random validation windows (nanoGPT's eval_iters = 200)."""
+    model.eval()
+    gen = torch.Generator().manual_seed(1234)
+    losses = [model(*D.random_windows(val, BLOCK, BATCH, generator=gen))[1].item() for _ in range(batches)]
+    return sum(losses) / len(losses)
+
+
+def time_to_loss(train, val, vocab, steps: int, compile_: bool, precision: str, lr: float) -> dict:
+    """Train ``steps`` steps of the recipe; return the training time (wall and CPU) and validation loss."""
+    recipe = dict(RECIPE, lr=lr, min_lr=lr / 10, warmup_steps=min(RECIPE["warmup_steps"], steps // 10))
+    cfg = T.TrainConfig(max_steps=steps, log_every=50, eval_every=None, compile=compile_,
+                        precision=precision, device="cpu", progress=sys.stderr.isatty(), **recipe)
+    trainer = T.Trainer(new_model(vocab), cfg, T.token_batches(train, BLOCK, BATCH))
+    start, cpu = time.perf_counter(), time.process_time()
+    h = trainer.fit()  # compilation happens during the first steps and is counted
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return dict(steps=steps, lr=lr, min_lr=lr / 10, warmup_steps=recipe["warmup_steps"],
+                tokens=steps * BATCH * BLOCK, train_seconds=wall, train_cpu_seconds=cpu,
+                val_loss=val_loss(trainer.raw_model, val), final_train_loss=h.train_loss[-1])
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        flags = next((l for l in out.splitlines() if l.startswith("Flags")), "")
+        name = next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name")), "")
+        return name + (" (avx512_bf16)" if "avx512_bf16" in flags else "")
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=100, help="timed steps per throughput run")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating rounds (medians reported)")
+    parser.add_argument("--ttl-steps", type=int, default=2000,
+                        help="steps of the time-to-loss run (nanoGPT's CPU run: 2000; 0 skips it)")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="instead of --ttl-steps: a training-time budget, turned into steps with the measured throughput")
+    parser.add_argument("--lr", type=float, default=RECIPE["lr"], help="peak learning rate of the time-to-loss run")
+    parser.add_argument("--ttl-precision", default="fp32", choices=["fp32", "bf16"],
+                        help="precision of the time-to-loss run (default: fp32, the CPU policy of lmlib.device)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train, val, vocab = load_tokens()
+    load_before = os.getloadavg()
+
+    variants = {
+        "plain float32 loop": lambda: plain_loop(train, vocab, args.steps),
+        "Trainer": lambda: trainer_run(train, vocab, args.steps, False, "fp32"),
+        "Trainer + compile": lambda: trainer_run(train, vocab, args.steps, True, "fp32"),
+        "Trainer + compile + bf16": lambda: trainer_run(train, vocab, args.steps, True, "bf16"),
+    }
+    if args.repeats < 1:
+        variants = {}
+    runs: dict[str, list[float]] = {name: [] for name in variants}
+    cpu_runs: dict[str, list[float]] = {name: [] for name in variants}
+    for r in range(args.repeats):
+        for name, run in variants.items():
+            wall, cpu = run()
+            runs[name].append(wall)
+            cpu_runs[name].append(cpu)
+            print(f"round {r + 1}/{args.repeats} {name:<26} {wall:>10,.0f} tokens/s {cpu:>10,.0f} per CPU-s", flush=True)
+    med = {name: statistics.median(v) for name, v in runs.items()}
+    cpu_med = {name: statistics.median(v) for name, v in cpu_runs.items()}
+    base = med.get("plain float32 loop", float("nan"))
+    cpu_base = cpu_med.get("plain float32 loop", float("nan"))
+    load_after_throughput = os.getloadavg()
+
+    print(f"\n{cpu_name()} | {torch.get_num_threads()} threads | torch {torch.__version__} | "
+          f"{args.steps} timed steps x {BATCH} x {BLOCK} tokens, median of {args.repeats} | "
+          f"load average before {load_before[0]:.2f}, after {load_after_throughput[0]:.2f}")
+    print(f"{'run':<28}{'tokens/s':>12}{'ratio':>8}{'tokens/CPU-s':>14}{'ratio':>8}")
+    for name, value in med.items():
+        print(f"{name:<28}{value:>12,.0f}{value / base:>8.2f}{cpu_med[name]:>14,.0f}{cpu_med[name] / cpu_base:>8.2f}")
+
+    result = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "model": dict(MODEL, vocab_size=vocab, batch_size=BATCH), "recipe": dict(RECIPE, betas=list(RECIPE["betas"])),
+        "params": new_model(vocab).num_params(),
+        "throughput": {"timed_steps": args.steps, "repeats": args.repeats, "runs_tokens_per_s": runs,
+                       "median_tokens_per_s": med, "ratio_to_plain": {k: v / base for k, v in med.items()},
+                       "runs_tokens_per_cpu_s": cpu_runs, "median_tokens_per_cpu_s": cpu_med,
+                       "cpu_ratio_to_plain": {k: v / cpu_base for k, v in cpu_med.items()}},
+        "load_average_1_5_15": {"before": load_before, "after_throughput": load_after_throughput},
+        "command": "python benchmarks/train_char_gpt.py " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out",) and v is not None),
+    }
+
+    if args.ttl_steps > 0 or args.seconds:
+        precision = args.ttl_precision
+        steps = args.ttl_steps
+        if args.seconds:
+            speed = med[f"Trainer + compile{' + bf16' if precision == 'bf16' else ''}"]
+            steps = max(100, int(args.seconds * speed / (BATCH * BLOCK)))
+        ttl = time_to_loss(train, val, vocab, steps, True, precision, args.lr)
+        ttl.update(precision=precision, load_average_after=os.getloadavg(),
+                   target_val_loss=1.88, target_seconds=60.0,
+                   meets_targets=ttl["val_loss"] <= 1.88 and ttl["train_seconds"] <= 60.0)
+        result["time_to_loss"] = ttl
+        print(f"\ntime to loss ({precision}, compile, lr {args.lr:g}): {steps} steps in "
+              f"{ttl['train_seconds']:.1f} s of training ({ttl['train_cpu_seconds']:.1f} CPU-s; compilation included, "
+              f"evaluation excluded) -> "
+              f"validation loss {ttl['val_loss']:.3f} (targets: <= 1.88 within 60 s: "
+              f"{'met' if ttl['meets_targets'] else 'NOT met'}; nanoGPT's CPU run: 1.886 after 2000 steps)")
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
