@@ -54,14 +54,7 @@ def hidden_states(gpt: GPT, idx: Tensor) -> Tensor:
 
     ``gpt.lm_head(hidden_states(gpt, idx))`` equals ``gpt(idx)[0]``.
     """
-    gpt._check_input(idx, 0)
-    x = gpt.wte(idx.long())
-    if gpt.wpe is not None:
-        x = gpt.wpe(x, 0)
-    x = gpt.drop(x)
-    for block in gpt.blocks:
-        x = block(x)
-    return gpt.ln_f(x)
+    return gpt.hidden_states(idx)
 
 
 class GPTClassifier(nn.Module):

@@ -22,6 +22,7 @@ GPTConfig(vocab_size, block_size, n_layer, n_head, n_embd, dropout, bias, norm, 
     .head_dim, .kv_heads, .mlp_hidden
 GPT(config)
     forward(idx, targets=None, cache=None) -> (logits, loss)
+    hidden_states(idx, cache=None) -> (B, T, n_embd)     final-normed, before the LM head
     new_cache() -> list[KVCache]                        one per layer, for lmlib.generate
     num_params(non_embedding=False) -> int
     flops_per_token(seq_len=None, backward=True) -> int  (training FLOPs per token by default)
@@ -292,6 +293,23 @@ class GPT(nn.Module):
                 f"[{lo}, {hi}]; was the text encoded with a different tokenizer?"
             )
 
+    def hidden_states(self, idx: Tensor, cache: list[KVCache] | None = None) -> Tensor:
+        """The final-normed hidden states (B, T, n_embd): the forward pass without the LM head.
+
+        Chapter 5's classifiers pool these instead of predicting the next token.
+        """
+        if cache is not None and len(cache) != len(self.blocks):
+            raise ValueError(f"cache must hold one KVCache per layer ({len(self.blocks)}), got {len(cache)}.")
+        offset = cache[0].length if cache is not None else 0
+        self._check_input(idx, offset)
+        x = self.wte(idx.long())
+        if self.wpe is not None:
+            x = self.wpe(x, offset)
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache=None if cache is None else cache[i])
+        return self.ln_f(x)
+
     def forward(self, idx: Tensor, targets: Tensor | None = None,
                 cache: list[KVCache] | None = None) -> tuple[Tensor, Tensor | None]:
         """Logits (B, T, vocab) for every position, and the mean cross-entropy against ``targets``.
@@ -299,19 +317,9 @@ class GPT(nn.Module):
         With ``cache`` (from :meth:`new_cache`), ``idx`` holds only the new tokens; their keys and
         values are appended to the cache and they attend to everything before them.
         """
-        if cache is not None and len(cache) != len(self.blocks):
-            raise ValueError(f"cache must hold one KVCache per layer ({len(self.blocks)}), got {len(cache)}.")
-        offset = cache[0].length if cache is not None else 0
-        self._check_input(idx, offset)
         if targets is not None and targets.shape != idx.shape:
             raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}.")
-        x = self.wte(idx.long())
-        if self.wpe is not None:
-            x = self.wpe(x, offset)
-        x = self.drop(x)
-        for i, block in enumerate(self.blocks):
-            x = block(x, cache=None if cache is None else cache[i])
-        logits = self.lm_head(self.ln_f(x))
+        logits = self.lm_head(self.hidden_states(idx, cache))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten().long())
