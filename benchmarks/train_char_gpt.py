@@ -105,6 +105,46 @@ def trainer_run(train: torch.Tensor, vocab: int, steps: int, compile_: bool, pre
     return tokens / (time.perf_counter() - start), tokens / (time.process_time() - cpu)
 
 
+# The kernels a trainer cannot make cheaper without changing the arithmetic (same shapes, float32).
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm",
+              "aten::_scaled_dot_product_flash_attention_for_cpu",
+              "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+
+
+def matmul_share(train: torch.Tensor, vocab: int, steps: int = 30) -> dict:
+    """Profile the plain loop: the share of its CPU time spent in matrix products and attention.
+
+    Whatever a trainer does around them (fusing element-wise ops, a fused optimizer, fewer
+    synchronisations), the float32 products stay; so 1 / share bounds the speed-up any fp32
+    trainer can reach over the plain loop on this machine (Amdahl's law).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    model = new_model(vocab)
+    opt = torch.optim.AdamW(model.parameters(), lr=RECIPE["lr"])
+    gen = torch.Generator().manual_seed(0)
+
+    def step():
+        x, y = D.random_windows(train, BLOCK, BATCH, generator=gen)
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss.item()
+
+    for _ in range(WARMUP_STEPS):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    by_op = {e.key: e.self_cpu_time_total / total for e in events if e.key in MATMUL_OPS}
+    share = sum(by_op.values())
+    return {"profiled_steps": steps, "matmul_attention_share": share, "by_op": by_op,
+            "amdahl_bound_fp32": 1 / share}
+
+
 @torch.no_grad()
 def val_loss(model: GPT, val: torch.Tensor, batches: int = 200) -> float:
     """Mean loss over ``batches`` random validation windows (nanoGPT's eval_iters = 200)."""
@@ -150,6 +190,8 @@ def main() -> None:
     parser.add_argument("--ttl-precision", default="fp32", choices=["fp32", "bf16"],
                         help="precision of the time-to-loss run (default: fp32, the CPU policy of lmlib.device)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile the plain loop: the share of time in matrix products bounds any fp32 speed-up")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     if args.threads:
@@ -197,8 +239,15 @@ def main() -> None:
                        "cpu_ratio_to_plain": {k: v / cpu_base for k, v in cpu_med.items()}},
         "load_average_1_5_15": {"before": load_before, "after_throughput": load_after_throughput},
         "command": "python benchmarks/train_char_gpt.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out",) and v is not None),
+            f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+            for k, v in vars(args).items() if k not in ("out",) and v is not None and v is not False),
     }
+
+    if args.profile:
+        prof = matmul_share(train, vocab)
+        result["profile"] = prof
+        print(f"\nplain loop profile: {prof['matmul_attention_share']:.0%} of CPU time in matrix products and "
+              f"attention kernels, so no float32 trainer can exceed {prof['amdahl_bound_fp32']:.2f}x on this machine")
 
     if args.ttl_steps > 0 or args.seconds:
         precision = args.ttl_precision

@@ -3,8 +3,10 @@
 Started in chapter 2 ("Masks and multi-head attention") with the attention explorer; any chapter
 can add an explorer here. Every explorer is built on :func:`explorer`: a ``draw(fig, **values)``
 function plus named controls. In Jupyter or Colab, moving a control redraws the figure. The static
-website cannot run Python, so a saved widget shows only its first drawing: each notebook draws a
-plain figure beside it (for attention, :func:`lmlib.plot.attention_heads`).
+website cannot run Python: every explorer also offers its first drawing as a PNG in its display
+data, and the book (``nb_mime_priority_overrides`` in ``_config.yml``) shows that image in place
+of the widget. Notebooks may still draw a fuller static figure beside it (for attention,
+:func:`lmlib.plot.attention_heads`).
 
 Adding an explorer: write ``draw(fig, **values)`` that fills a Matplotlib figure, and return
 ``explorer(draw, {"name": some_widget, ...})``.
@@ -13,8 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
+import base64
+import io
+
 import matplotlib.pyplot as plt
 import torch
+from matplotlib.figure import Figure
 
 try:
     import ipywidgets as W
@@ -43,7 +49,36 @@ def explorer(
         plt.show()
 
     output = W.interactive_output(redraw, dict(controls))
-    return W.VBox([W.HBox(list(controls.values())), output])
+    first = {name: control.value for name, control in controls.items()}
+    return _with_static_png(W.VBox([W.HBox(list(controls.values())), output]), draw, first, figsize)
+
+
+def static_png(draw: Callable[..., None], values: Mapping, figsize: tuple[float, float]) -> bytes:
+    """``draw(fig, **values)`` rendered off-screen to PNG bytes (the explorer's website fallback)."""
+    fig = Figure(figsize=figsize)
+    draw(fig, **values)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _with_static_png(widget: "W.Widget", draw, values: Mapping, figsize) -> "W.Widget":
+    """Add ``image/png`` of the first drawing to the widget's display data.
+
+    Jupyter and Colab render the live widget (its own MIME type ranks first); a static renderer
+    that cannot run widgets picks the image instead of printing ``VBox(children=...)``.
+    """
+    png = base64.b64encode(static_png(draw, values, figsize)).decode("ascii")
+    plain_bundle = widget._repr_mimebundle_
+
+    def bundle(**kwargs):
+        data = plain_bundle(**kwargs) or {}
+        data = dict(data) if isinstance(data, dict) else {}
+        data["image/png"] = png
+        return data
+
+    widget._repr_mimebundle_ = bundle
+    return widget
 
 
 def attention_explorer(

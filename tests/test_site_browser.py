@@ -1,7 +1,9 @@
 """The built site, as a reader's browser sees it: headless Chromium loads every page.
 
 Checks per page: no console errors and no request leaves the machine (MathJax is served locally),
-math is typeset, every image loads, exercise solutions start collapsed. Screenshots of a few pages
+math is typeset, every image loads, exercise solutions start collapsed, and every interactive
+explorer widget (which cannot run on a static site) shows its static first drawing, loaded and
+visible, with no Python repr of the widget leaking into the page. Screenshots of a few pages
 are saved as test artefacts (their paths are printed). Skipped where Chromium is not installed;
 `make test` installs it when it can (as root with apt-get, as in CI).
 """
@@ -64,6 +66,16 @@ def test_no_broken_internal_links(site):
     assert not broken, "broken internal links:\n" + "\n".join(broken[:30])
 
 
+# For each code cell that shows an lmlib explorer (a widget), is there an image in its output
+# (the explorer's static first drawing), loaded and visible?
+WIDGET_FALLBACKS = """() => Array.from(document.querySelectorAll('div.cell'))
+  .filter(c => /explorer\\(/.test((c.querySelector('.cell_input') || {}).innerText || ''))
+  .map(c => {
+    const img = c.querySelector('.cell_output img');
+    return !!img && img.complete && img.naturalWidth > 0 && img.getBoundingClientRect().height > 0;
+  })"""
+
+
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
@@ -92,7 +104,7 @@ def served(site):
 @pytest.mark.book
 def test_every_page_renders_in_chromium(site, served, browser):
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    shots, problems = [], []
+    shots, problems, widget_pages = [], [], []
     pages = _pages(site)
     for page_file in pages:
         rel = page_file.relative_to(site).as_posix()
@@ -121,6 +133,14 @@ def test_every_page_renders_in_chromium(site, served, browser):
                 problems.append(f"{rel}: solution {i + 1} is not collapsed")
         if page.locator("div.exercise").count() and not solutions.count():
             problems.append(f"{rel}: exercises without solutions")
+        widgets = page.evaluate(WIDGET_FALLBACKS)
+        if widgets:
+            widget_pages.append(rel)
+        if not all(widgets):
+            problems.append(f"{rel}: an explorer cell without its static figure (loaded, visible) {widgets}")
+        leaked = [w for w in ("VBox(children", "interactive(children", "HBox(children") if w in page.inner_text("main")]
+        if leaked:
+            problems.append(f"{rel}: widget repr shown as text {leaked}")
         if errors:
             problems.append(f"{rel}: console errors {errors[:3]}")
         if outside:
@@ -130,6 +150,10 @@ def test_every_page_renders_in_chromium(site, served, browser):
             page.screenshot(path=str(shot), full_page=False)
             shots.append(shot)
         page.close()
-    print(f"\nChecked {len(pages)} pages in Chromium; screenshots:\n" + "\n".join(f"  {s}" for s in shots))
+    print(f"\nChecked {len(pages)} pages in Chromium ({len(widget_pages)} with widgets: static figures present); "
+          "screenshots:\n" + "\n".join(f"  {s}" for s in shots))
     assert not problems, "\n".join(problems)
+    expected = {nb.relative_to(ROOT).with_suffix(".html").as_posix() for nb in ROOT.glob("chapters/*/*.ipynb")
+                if "explorer(" in nb.read_text()}
+    assert expected <= set(widget_pages), f"pages whose notebooks show a widget but none was found: {expected - set(widget_pages)}"
     assert len(pages) >= 5

@@ -1,0 +1,96 @@
+"""The ``{chapter-times}`` directive: time per chapter, from the notebook executions of this build.
+
+myst-nb records how long each notebook took to execute (the data behind ``{nb-exec-table}``).
+This directive adds those run times up per chapter folder, so the course map in ``intro.md``
+states the cost of each chapter as measured when the site you read was built, at the scale
+preset of that build (``LMLIB_SCALE``), never as a number typed by hand.
+"""
+from __future__ import annotations
+
+import os
+import platform
+from collections import defaultdict
+
+from docutils import nodes
+from sphinx.transforms.post_transforms import SphinxPostTransform
+from sphinx.util.docutils import SphinxDirective
+
+from myst_nb.sphinx_ import NbMetadataCollector
+
+_KEY = "has_chapter_times"
+
+
+class ChapterTimesNode(nodes.General, nodes.Element):
+    """Placeholder, replaced once every notebook has been executed."""
+
+
+class ChapterTimes(SphinxDirective):
+    def run(self):
+        NbMetadataCollector.set_doc_data(self.env, self.env.docname, _KEY, True)
+        return [ChapterTimesNode()]
+
+
+def _update(app, env):
+    """Re-render the pages holding the table whenever notebooks were executed again."""
+    if not NbMetadataCollector.new_exec_data(env):
+        return None
+    return [doc for doc, data in NbMetadataCollector.get_doc_data(env).items() if data.get(_KEY)]
+
+
+def chapter_totals(metadata) -> dict[str, dict]:
+    """{chapter folder: {"notebooks": n, "seconds": total, "failed": n}} from myst-nb's exec data."""
+    totals: dict[str, dict] = defaultdict(lambda: {"notebooks": 0, "seconds": 0.0, "failed": 0})
+    for docname, data in metadata.items():
+        exec_data = data.get("exec_data")
+        if not exec_data or not docname.startswith("chapters/"):
+            continue
+        chapter = docname.split("/")[1]
+        totals[chapter]["notebooks"] += 1
+        totals[chapter]["seconds"] += exec_data.get("runtime") or 0.0
+        totals[chapter]["failed"] += exec_data.get("succeeded") is False
+    return dict(sorted(totals.items()))
+
+
+def _table(rows: list[list[str]]) -> nodes.table:
+    """A docutils table: the first row is the header."""
+    table = nodes.table(classes=["colwidths-auto"])
+    group = nodes.tgroup(cols=len(rows[0]))
+    table += group
+    group += [nodes.colspec(colwidth=1) for _ in rows[0]]
+    head, body = nodes.thead(), nodes.tbody()
+    group += [head, body]
+    for i, cells in enumerate(rows):
+        row = nodes.row()
+        row += [nodes.entry("", nodes.paragraph(text=cell)) for cell in cells]
+        (head if i == 0 else body).append(row)
+    return table
+
+
+class ChapterTimesTransform(SphinxPostTransform):
+    default_priority = 8
+
+    def run(self, **kwargs) -> None:
+        for node in list(self.document.findall(ChapterTimesNode)):
+            totals = chapter_totals(NbMetadataCollector.get_doc_data(self.env))
+            preset = os.environ.get("LMLIB_SCALE", "cpu (default)")
+            if not totals:
+                node.replace_self(nodes.paragraph(text="No notebook was executed in this build."))
+                continue
+            rows = [["chapter", "notebooks", f"minutes at the {preset} preset"]]
+            for chapter, t in totals.items():
+                note = f" ({t['failed']} failed)" if t["failed"] else ""
+                rows.append([chapter, str(t["notebooks"]), f"{t['seconds'] / 60:.1f}{note}"])
+            total = sum(t["seconds"] for t in totals.values())
+            rows.append(["whole book", str(sum(t["notebooks"] for t in totals.values())), f"{total / 60:.1f}"])
+            caption = nodes.paragraph(text=(
+                f"Measured while this site was built ({platform.machine()}, {os.cpu_count()} CPU cores, "
+                f"preset {preset}); per-notebook times are in the appendix's execution table."))
+            node.replace_self([_table(rows), caption])
+
+
+def setup(app):
+    app.add_node(ChapterTimesNode)
+    app.add_directive("chapter-times", ChapterTimes)
+    app.connect("env-updated", _update)
+    app.add_post_transform(ChapterTimesTransform)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
