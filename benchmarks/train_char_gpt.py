@@ -146,26 +146,33 @@ def matmul_share(train: torch.Tensor, vocab: int, steps: int = 30) -> dict:
 
 
 @torch.no_grad()
-def val_loss(model: GPT, val: torch.Tensor, batches: int = 200) -> float:
+def val_loss(model: GPT, val: torch.Tensor, batches: int = 200, block: int = BLOCK, batch: int = BATCH) -> float:
     """Mean loss over ``batches`` random validation windows (nanoGPT's eval_iters = 200)."""
     model.eval()
     gen = torch.Generator().manual_seed(1234)
-    losses = [model(*D.random_windows(val, BLOCK, BATCH, generator=gen))[1].item() for _ in range(batches)]
+    losses = [model(*D.random_windows(val, block, batch, generator=gen))[1].item() for _ in range(batches)]
     return sum(losses) / len(losses)
 
 
-def time_to_loss(train, val, vocab, steps: int, compile_: bool, precision: str, lr: float) -> dict:
-    """Train ``steps`` steps of the recipe; return the training time (wall and CPU) and validation loss."""
+def time_to_loss(train, val, vocab, steps: int, compile_: bool, precision: str, lr: float,
+                 block: int = BLOCK, batch: int = BATCH) -> dict:
+    """Train ``steps`` steps of the recipe; return the training time (wall and CPU) and validation loss.
+
+    ``block`` and ``batch`` may differ from nanoGPT's (64, 12): the validation loss is then
+    measured at the longer context, which is what the model is for.
+    """
     recipe = dict(RECIPE, lr=lr, min_lr=lr / 10, warmup_steps=min(RECIPE["warmup_steps"], steps // 10))
     cfg = T.TrainConfig(max_steps=steps, log_every=50, eval_every=None, compile=compile_,
                         precision=precision, device="cpu", progress=sys.stderr.isatty(), **recipe)
-    trainer = T.Trainer(new_model(vocab), cfg, T.token_batches(train, BLOCK, BATCH))
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=vocab, **dict(MODEL, block_size=block)))
+    trainer = T.Trainer(model, cfg, T.token_batches(train, block, batch))
     start, cpu = time.perf_counter(), time.process_time()
     h = trainer.fit()  # compilation happens during the first steps and is counted
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-    return dict(steps=steps, lr=lr, min_lr=lr / 10, warmup_steps=recipe["warmup_steps"],
-                tokens=steps * BATCH * BLOCK, train_seconds=wall, train_cpu_seconds=cpu,
-                val_loss=val_loss(trainer.raw_model, val), final_train_loss=h.train_loss[-1])
+    return dict(steps=steps, lr=lr, min_lr=lr / 10, warmup_steps=recipe["warmup_steps"], block=block, batch=batch,
+                tokens=steps * batch * block, train_seconds=wall, train_cpu_seconds=cpu,
+                val_loss=val_loss(trainer.raw_model, val, block=block, batch=batch), final_train_loss=h.train_loss[-1])
 
 
 def cpu_name() -> str:
@@ -189,6 +196,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=RECIPE["lr"], help="peak learning rate of the time-to-loss run")
     parser.add_argument("--ttl-precision", default="fp32", choices=["fp32", "bf16"],
                         help="precision of the time-to-loss run (default: fp32, the CPU policy of lmlib.device)")
+    parser.add_argument("--ttl-block", type=int, default=BLOCK, help="context of the time-to-loss run")
+    parser.add_argument("--ttl-batch", type=int, default=BATCH, help="batch size of the time-to-loss run")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--profile", action="store_true",
                         help="also profile the plain loop: the share of time in matrix products bounds any fp32 speed-up")
@@ -254,8 +263,8 @@ def main() -> None:
         steps = args.ttl_steps
         if args.seconds:
             speed = med[f"Trainer + compile{' + bf16' if precision == 'bf16' else ''}"]
-            steps = max(100, int(args.seconds * speed / (BATCH * BLOCK)))
-        ttl = time_to_loss(train, val, vocab, steps, True, precision, args.lr)
+            steps = max(100, int(args.seconds * speed / (args.ttl_batch * args.ttl_block)))
+        ttl = time_to_loss(train, val, vocab, steps, True, precision, args.lr, args.ttl_block, args.ttl_batch)
         ttl.update(precision=precision, load_average_after=os.getloadavg(),
                    target_val_loss=1.88, target_seconds=60.0,
                    meets_targets=ttl["val_loss"] <= 1.88 and ttl["train_seconds"] <= 60.0)

@@ -342,7 +342,7 @@ def test_second_ctrl_c_stops_at_once_and_the_handler_is_restored():
 
 
 def test_compile_option_wraps_the_model(monkeypatch):
-    # Real compilation takes ~30 s on a small CPU (checked by benchmarks/train_loop_overhead.py
+    # Real compilation takes ~30 s on a small CPU (checked by benchmarks/train_char_gpt.py
     # --compile); here we check the wiring: the training and evaluation models are compiled.
     compiled = []
 
