@@ -342,8 +342,8 @@ def test_second_ctrl_c_stops_at_once_and_the_handler_is_restored():
 
 
 def test_compile_option_wraps_the_model(monkeypatch):
-    # Real compilation takes ~30 s on a small CPU (checked by benchmarks/train_char_gpt.py
-    # --compile); here we check the wiring: the training and evaluation models are compiled.
+    # Real compilation takes ~30 s on a small CPU (benchmarks/train_char_gpt.py compiles for real
+    # in its Trainer + compile rows); here we check the wiring: the training and evaluation models are compiled.
     compiled = []
 
     def fake_compile(module, **kwargs):
