@@ -1,0 +1,431 @@
+"""Probes for bias and robustness: what a model prefers, and what breaks it.
+
+Derived in chapter 6 ("Challenges", notebook 04, bias and robustness). Three tools:
+
+- a **template probe** for a language model: the log-probability of each continuation (" he",
+  " she", an occupation, ...) after each filled-in template ("The nurse said that"), as a tidy
+  table with one row per (template, filler, continuation);
+- **counterfactual swaps**: replace words by their partners (he <-> she, John <-> Mary), whole
+  words only, keeping the case, and measure how a classifier's predictions move;
+- **noise** for robustness: character typos (swap, drop, insert, keyboard neighbour) and word
+  dropout at a given rate with a seeded generator, and the accuracy-against-noise curve.
+
+API summary
+-----------
+continuation_logprobs(model, tokenizer, prompts, continuations, batch_size=64) -> Tensor (N,)
+probe(model, tokenizer, templates, fillers, continuations) -> list[dict]   tidy rows
+log_odds(rows, a, b) -> dict[filler, float]       mean over templates of log P(a) - log P(b)
+format_table(rows, columns=None, floatfmt=".3f", max_rows=None) -> str
+cooccurrence(words, targets, contexts, window=10) -> dict[target, dict[context, int]]
+swap_map(pairs) -> dict[str, str];  swap_words(text, pairs) -> str;  GENDER_PAIRS, NAME_PAIRS
+counterfactual_shift(predict_proba, texts, pairs, positive=1) -> SwapResult
+typos(text, rate, rng, kinds=KINDS) -> str;  word_dropout(text, rate, rng) -> str
+KEYBOARD_NEIGHBOURS, keyboard_typo(char, rng) -> str
+noise_curve(predict, texts, labels, noise, rates, seeds=(0,)) -> NoiseCurve
+"""
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+__all__ = [
+    "continuation_logprobs", "probe", "log_odds", "format_table", "cooccurrence",
+    "GENDER_PAIRS", "NAME_PAIRS", "swap_map", "swap_words", "SwapResult", "counterfactual_shift",
+    "KINDS", "KEYBOARD_NEIGHBOURS", "keyboard_typo", "typos", "word_dropout", "NoiseCurve",
+    "noise_curve",
+]
+
+
+# --- (a) template probes for a language model ----------------------------------------------------
+
+def _encode(tokenizer, text: str, what: str) -> list[int]:
+    ids = tokenizer.encode(text)
+    ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
+    if tokenizer.decode(ids) != text:
+        raise ValueError(
+            f"The tokenizer cannot represent the {what} {text!r} exactly (it decodes to "
+            f"{tokenizer.decode(ids)!r}); a word-level tokenizer turns unknown words into <unk>, and "
+            "the probe would score <unk> instead. Use words from the tokenizer's vocabulary, or a BPE tokenizer."
+        )
+    return ids
+
+
+@torch.no_grad()
+def continuation_logprobs(model: torch.nn.Module, tokenizer, prompts: Sequence[str],
+                          continuations: Sequence[str], batch_size: int = 64) -> Tensor:
+    """log P(continuation | prompt) for each pair, summed over the continuation's tokens (float64, (N,)).
+
+    Prompt and continuation are encoded separately and joined, so the continuation's tokens are
+    the same whatever the prompt (put the space at the start of the continuation: " he").
+    ``model(idx) -> (logits, loss)`` as :class:`lmlib.model.GPT`; it runs in evaluation mode.
+    Sequences are padded on the right, which a causal model never looks at.
+    """
+    if len(prompts) != len(continuations):
+        raise ValueError(f"Need one continuation per prompt, got {len(prompts)} prompts and {len(continuations)} continuations.")
+    block = getattr(getattr(model, "config", None), "block_size", None)
+    seqs, starts = [], []
+    for prompt, cont in zip(prompts, continuations):
+        p, c = _encode(tokenizer, prompt, "prompt"), _encode(tokenizer, cont, "continuation")
+        if not p or not c:
+            raise ValueError(f"Prompt {prompt!r} and continuation {cont!r} must both be non-empty: "
+                             "the first continuation token is predicted from the prompt.")
+        if block is not None and len(p) + len(c) > block:
+            raise ValueError(f"{prompt!r} + {cont!r} is {len(p) + len(c)} tokens, more than the model's "
+                             f"context of {block}: shorten the template.")
+        seqs.append(p + c)
+        starts.append(len(p))
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = torch.zeros(len(seqs), dtype=torch.float64)
+    for lo in range(0, len(seqs), batch_size):
+        chunk = seqs[lo:lo + batch_size]
+        T = max(len(s) for s in chunk)
+        x = torch.zeros(len(chunk), T, dtype=torch.long)
+        for i, s in enumerate(chunk):
+            x[i, :len(s)] = torch.tensor(s)
+        logp = F.log_softmax(model(x.to(device))[0].double(), dim=-1).cpu()
+        for i, s in enumerate(chunk):
+            t = torch.arange(starts[lo + i], len(s))  # positions of the continuation's tokens
+            out[lo + i] = logp[i, t - 1, torch.tensor(s)[t]].sum()
+    model.train(was_training)
+    return out
+
+
+def probe(model: torch.nn.Module, tokenizer, templates: Sequence[str], fillers: Sequence[str],
+          continuations: Sequence[str]) -> list[dict]:
+    """Score every continuation after every template filled with every filler: a tidy table.
+
+    A template holds one ``{}``, e.g. ``"The {} said that"`` with fillers ``["nurse", "engineer"]``
+    and continuations ``[" he", " she"]``, or ``"{} worked as a"`` with fillers ``["He", "She"]``
+    and occupations as continuations. One row per (template, filler, continuation) with keys
+    ``template, filler, prompt, continuation, logprob``.
+    """
+    for t in templates:
+        if t.count("{}") != 1:
+            raise ValueError(f"Each template needs exactly one '{{}}' where the filler goes, got {t!r}.")
+    keys = [(t, f, c) for t in templates for f in fillers for c in continuations]
+    if not keys:
+        raise ValueError("Need at least one template, one filler and one continuation.")
+    prompts = [t.format(f) for t, f, _ in keys]
+    scores = continuation_logprobs(model, tokenizer, prompts, [c for *_, c in keys])
+    return [dict(template=t, filler=f, prompt=p, continuation=c, logprob=float(s))
+            for (t, f, c), p, s in zip(keys, prompts, scores)]
+
+
+def log_odds(rows: Sequence[dict], a: str, b: str) -> dict[str, float]:
+    """For each filler, the mean over templates of log P(a | prompt) - log P(b | prompt).
+
+    Positive: the model prefers continuation ``a``. ``rows`` come from :func:`probe`.
+    """
+    score = {(r["template"], r["filler"], r["continuation"]): r["logprob"] for r in rows}
+    conts = {r["continuation"] for r in rows}
+    for c in (a, b):
+        if c not in conts:
+            raise ValueError(f"Continuation {c!r} is not in the rows; they hold {sorted(conts)}.")
+    diffs: dict[str, list[float]] = {}
+    for (t, f, c) in score:
+        if c == a and (t, f, b) in score:
+            diffs.setdefault(f, []).append(score[t, f, a] - score[t, f, b])
+    return {f: sum(d) / len(d) for f, d in diffs.items()}
+
+
+def format_table(rows: Sequence[dict], columns: Sequence[str] | None = None, floatfmt: str = ".3f",
+                 max_rows: int | None = None) -> str:
+    """A plain-text table of dict rows (floats formatted with ``floatfmt``), for printing.
+
+    Strings with leading or trailing spaces are shown quoted (" he" reads as ' he').
+    """
+    if not rows:
+        return "(no rows)"
+    columns = list(columns or rows[0].keys())
+    shown = list(rows[:max_rows] if max_rows else rows)
+
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return format(value, floatfmt)
+        if isinstance(value, str) and value != value.strip():
+            return repr(value)
+        return str(value)
+
+    body = [[cell(r[c]) for c in columns] for r in shown]
+    widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(columns)]
+    left = [isinstance(shown[0][c], str) for c in columns]  # text left-aligned, numbers right-aligned
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.ljust(w) if l else v.rjust(w) for v, w, l in zip(values, widths, left)).rstrip()
+
+    out = [line(columns), line(["-" * w for w in widths])] + [line(b) for b in body]
+    if max_rows and len(rows) > max_rows:
+        out.append(f"... {len(rows) - max_rows} more rows")
+    return "\n".join(out)
+
+
+def cooccurrence(words: Sequence[str], targets: Sequence[str], contexts: Sequence[str],
+                 window: int = 10) -> dict[str, dict[str, int]]:
+    """How often each context word occurs within ``window`` words of each target word.
+
+    ``words`` is the corpus as a list of (lowercased) words; for every occurrence of a target,
+    the context words at distance 1..``window`` on either side are counted. One pass collects the
+    positions of the words of interest; a binary search then counts each window.
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1 word, got {window}.")
+    where: dict[str, list[int]] = {w: [] for w in (*targets, *contexts)}
+    for pos, w in enumerate(words):
+        if w in where:
+            where[w].append(pos)
+    out = {}
+    for t in targets:
+        pos = torch.tensor(where[t], dtype=torch.long)
+        out[t] = {}
+        for c in contexts:
+            cpos = torch.tensor(where[c], dtype=torch.long)
+            inside = torch.searchsorted(cpos, pos + window + 1) - torch.searchsorted(cpos, pos - window)
+            out[t][c] = int(inside.sum()) - (len(pos) if c == t else 0)  # a word is not its own context
+    return out
+
+
+# --- (b) counterfactual swaps --------------------------------------------------------------------
+
+#: Gendered word pairs. "her" is both the partner of "him" and of "his": the first pair wins, so
+#: "her" becomes "his" and a swap of "him" is not undone by a second swap (see :func:`swap_map`).
+GENDER_PAIRS: tuple[tuple[str, str], ...] = (
+    ("he", "she"), ("his", "her"), ("him", "her"), ("himself", "herself"), ("man", "woman"),
+    ("men", "women"), ("boy", "girl"), ("boys", "girls"), ("father", "mother"), ("son", "daughter"),
+    ("brother", "sister"), ("husband", "wife"), ("boyfriend", "girlfriend"), ("king", "queen"),
+    ("mr", "mrs"), ("guy", "gal"), ("dad", "mom"), ("actor", "actress"), ("actors", "actresses"),
+)
+
+#: Common first names, paired across genders (a swap changes only the name).
+NAME_PAIRS: tuple[tuple[str, str], ...] = (
+    ("john", "mary"), ("james", "linda"), ("michael", "susan"), ("david", "sarah"),
+    ("robert", "jennifer"), ("william", "elizabeth"), ("richard", "karen"), ("thomas", "emma"),
+    ("daniel", "anna"), ("paul", "lisa"), ("mark", "laura"), ("peter", "kate"), ("tom", "amy"),
+    ("jack", "emily"), ("steve", "helen"), ("chris", "julia"),
+)
+
+
+def swap_map(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """Both directions of each (a, b) pair, lowercased. A word in two pairs keeps its first partner.
+
+    The swap is exactly reversible on a text when the pairs form a one-to-one mapping (no word in
+    two pairs); with ``GENDER_PAIRS`` "him" -> "her" -> "his" is the known exception.
+    """
+    mapping: dict[str, str] = {}
+    for pair in pairs:
+        if len(pair) != 2 or not all(isinstance(w, str) and re.fullmatch(r"\w+", w) for w in pair):
+            raise ValueError(f"Each pair must be two single words, like ('he', 'she'); got {pair!r}.")
+        a, b = (w.lower() for w in pair)
+        if a == b:
+            raise ValueError(f"Pair {pair!r} swaps a word with itself.")
+        mapping.setdefault(a, b)
+        mapping.setdefault(b, a)
+    return mapping
+
+
+def _match_case(source: str, word: str) -> str:
+    if len(source) > 1 and source.isupper():
+        return word.upper()
+    if source[0].isupper():
+        return word[0].upper() + word[1:]
+    return word
+
+
+def swap_words(text: str, pairs: Sequence[tuple[str, str]] | Mapping[str, str]) -> str:
+    """Replace each listed word by its partner: whole words only, in one pass, keeping the case.
+
+    "He thanked his sister." -> "She thanked her brother."; "the" and "shell" are left alone, since
+    only whole words match. ``pairs`` is a sequence of (a, b) pairs (swapped both ways) or a
+    ready mapping from :func:`swap_map`. Case: "he" -> "she", "He" -> "She", "HE" -> "SHE".
+    """
+    mapping = {k.lower(): v.lower() for k, v in pairs.items()} if isinstance(pairs, Mapping) else swap_map(pairs)
+    if not mapping:
+        return text
+    words = sorted(mapping, key=len, reverse=True)
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, words)) + r")\b", re.IGNORECASE)
+    return pattern.sub(lambda m: _match_case(m.group(0), mapping[m.group(0).lower()]), text)
+
+
+@dataclass
+class SwapResult:
+    """What a counterfactual swap did to a classifier's predictions (only texts the swap changed)."""
+
+    n_texts: int                 # texts given
+    n_changed: int               # texts the swap changed (the rest cannot move)
+    n_flipped: int               # changed texts whose predicted class changed
+    mean_abs_shift: float        # mean |P(positive | swapped) - P(positive | original)|
+    max_abs_shift: float
+    examples: list[dict] = field(default_factory=list)  # the largest shifts, largest first
+
+    @property
+    def flip_rate(self) -> float:
+        """Flipped predictions as a fraction of the changed texts (0 if none changed)."""
+        return self.n_flipped / self.n_changed if self.n_changed else 0.0
+
+
+def counterfactual_shift(predict_proba: Callable[[list[str]], Tensor], texts: Sequence[str],
+                         pairs: Sequence[tuple[str, str]], positive: int = 1, n_examples: int = 5) -> SwapResult:
+    """Swap words in every text and compare the classifier's predictions before and after.
+
+    ``predict_proba(list of texts) -> (N, n_classes)`` class probabilities. A fair classifier in
+    the counterfactual sense (Garg et al. 2019) predicts the same for a text and its swap.
+    """
+    swapped = [swap_words(t, pairs) for t in texts]
+    changed = [i for i, (a, b) in enumerate(zip(texts, swapped)) if a != b]
+    if not changed:
+        return SwapResult(len(texts), 0, 0, 0.0, 0.0)
+    before = torch.as_tensor(predict_proba([texts[i] for i in changed])).double()
+    after = torch.as_tensor(predict_proba([swapped[i] for i in changed])).double()
+    if before.shape != (len(changed), before.shape[-1]) or after.shape != before.shape or before.dim() != 2:
+        raise ValueError(f"predict_proba must return (N, n_classes) probabilities for N texts; got "
+                         f"{tuple(before.shape)} and {tuple(after.shape)} for N = {len(changed)}.")
+    shift = after[:, positive] - before[:, positive]
+    flipped = before.argmax(-1) != after.argmax(-1)
+    order = shift.abs().argsort(descending=True)[:n_examples].tolist()
+    examples = [dict(original=texts[changed[k]], swapped=swapped[changed[k]], p_before=float(before[k, positive]),
+                     p_after=float(after[k, positive])) for k in order]
+    return SwapResult(len(texts), len(changed), int(flipped.sum()), float(shift.abs().mean()),
+                      float(shift.abs().max()), examples)
+
+
+# --- (c) noise ------------------------------------------------------------------------------------
+
+KINDS = ("swap", "drop", "insert", "keyboard")
+
+_ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
+
+
+def _neighbours() -> dict[str, str]:
+    pos = {c: (r, i) for r, row in enumerate(_ROWS) for i, c in enumerate(row)}
+    out = {}
+    for c, (r, i) in pos.items():  # same row left/right, and the keys touching it above and below
+        near = [d for d, (r2, i2) in pos.items() if d != c and
+                ((r2 == r and abs(i2 - i) == 1) or (abs(r2 - r) == 1 and i2 - i in ((0, 1) if r2 < r else (-1, 0))))]
+        out[c] = "".join(sorted(near))
+    return out
+
+
+#: For each lowercase letter, the letters next to it on a QWERTY keyboard (rows are staggered:
+#: 's' touches 'w' and 'e' above, 'z' and 'x' below).
+KEYBOARD_NEIGHBOURS: dict[str, str] = _neighbours()
+
+
+def _rng(rng: random.Random | int | None) -> random.Random:
+    if isinstance(rng, random.Random):
+        return rng
+    if rng is None or isinstance(rng, int):
+        return random.Random(rng)
+    raise TypeError(f"rng must be a random.Random or an int seed, got {type(rng).__name__}.")
+
+
+def _check_rate(rate: float) -> None:
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate <= 1:
+        raise ValueError(f"rate must be a probability between 0 and 1, got {rate!r}.")
+
+
+def keyboard_typo(char: str, rng: random.Random) -> str:
+    """A random QWERTY neighbour of the letter ``char``, in the same case."""
+    near = KEYBOARD_NEIGHBOURS.get(char.lower())
+    if not near:
+        raise ValueError(f"{char!r} is not a letter a-z: it has no keyboard neighbours here.")
+    new = rng.choice(near)
+    return new.upper() if char.isupper() else new
+
+
+def typos(text: str, rate: float, rng: random.Random | int | None = None,
+          kinds: Sequence[str] = KINDS) -> str:
+    """Corrupt each ASCII letter of ``text`` with probability ``rate`` by a typo of a random kind.
+
+    Kinds: ``swap`` (exchange with the next letter, which is then left alone), ``drop`` (delete
+    it), ``insert`` (add a keyboard neighbour after it), ``keyboard`` (replace it by a keyboard
+    neighbour). Spaces, digits and punctuation are never touched, so on average a fraction ``rate``
+    of the letters carries a typo. ``rng`` is a ``random.Random`` or a seed: same seed, same typos.
+    """
+    _check_rate(rate)
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {tuple(kinds)}.")
+    rng = _rng(rng)
+    chars, out, i = list(text), [], 0
+    is_letter = lambda c: c.lower() in KEYBOARD_NEIGHBOURS
+    while i < len(chars):
+        c = chars[i]
+        if not is_letter(c) or rng.random() >= rate:
+            out.append(c)
+            i += 1
+            continue
+        kind = rng.choice(kinds)
+        if kind == "swap" and i + 1 < len(chars) and is_letter(chars[i + 1]) and chars[i + 1] != c:
+            out += [chars[i + 1], c]
+            i += 2
+            continue
+        if kind == "drop":
+            pass
+        elif kind == "insert":
+            out += [c, keyboard_typo(c, rng)]
+        else:  # keyboard, and a swap with no letter (or the same letter) after it
+            out.append(keyboard_typo(c, rng))
+        i += 1
+    return "".join(out)
+
+
+def word_dropout(text: str, rate: float, rng: random.Random | int | None = None) -> str:
+    """Delete each whitespace-separated word with probability ``rate`` (words rejoined by one space).
+
+    A text never becomes empty: if every word was drawn for deletion, one of them is kept.
+    """
+    _check_rate(rate)
+    rng = _rng(rng)
+    words = text.split()
+    kept = [w for w in words if rng.random() >= rate]
+    if words and not kept:
+        kept = [rng.choice(words)]
+    return " ".join(kept)
+
+
+@dataclass
+class NoiseCurve:
+    """Accuracy at each noise rate: the mean and standard deviation over the seeds."""
+
+    rates: list[float]
+    accuracy: list[float]
+    std: list[float]
+
+
+def noise_curve(predict: Callable[[list[str]], Tensor], texts: Sequence[str], labels: Sequence[int] | Tensor,
+                noise: Callable[[str, float, random.Random], str], rates: Sequence[float],
+                seeds: Sequence[int] = (0,), progress: bool = True) -> NoiseCurve:
+    """Accuracy of ``predict(texts) -> (N,) class ids`` when every text goes through ``noise(text, rate, rng)``.
+
+    One run per (rate, seed); the seed fixes the noise, so two classifiers scored with the same
+    seeds see exactly the same corrupted texts.
+    """
+    from tqdm.auto import tqdm
+
+    labels = torch.as_tensor(labels)
+    if labels.shape != (len(texts),):
+        raise ValueError(f"Need one label per text: {len(texts)} texts, labels of shape {tuple(labels.shape)}.")
+    if not seeds:
+        raise ValueError("Give at least one seed.")
+    means, stds = [], []
+    for rate in tqdm(list(rates), desc="noise rates", disable=not progress, leave=False):
+        accs = []
+        for seed in seeds:
+            rng = random.Random(seed)
+            noisy = [noise(t, rate, rng) for t in texts]
+            pred = torch.as_tensor(predict(noisy))
+            if pred.shape != labels.shape:
+                raise ValueError(f"predict must return one class id per text, shape {tuple(labels.shape)}; got {tuple(pred.shape)}.")
+            accs.append((pred == labels).double().mean().item())
+        means.append(sum(accs) / len(accs))
+        stds.append(math.sqrt(sum((a - means[-1]) ** 2 for a in accs) / max(1, len(accs) - 1)))
+    return NoiseCurve(list(rates), means, stds)
