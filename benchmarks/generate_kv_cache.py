@@ -25,7 +25,6 @@ Results go to ``benchmarks/results/<device>_generate.json`` (quoted by the book)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -33,27 +32,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from common import RESULTS, cpu_name, sync, write_results
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_char_gpt import cpu_name  # noqa: E402
-
-from lmlib.attention import kv_cache_bytes  # noqa: E402
-from lmlib.device import best_device  # noqa: E402
-from lmlib.generate import generate  # noqa: E402
-from lmlib.model import GPT, GPTConfig  # noqa: E402
+from lmlib.attention import kv_cache_bytes
+from lmlib.device import best_device
+from lmlib.generate import generate
+from lmlib.model import GPT, GPTConfig
 
 PROMPT = 16
 VOCAB = 65  # Tiny Shakespeare's characters
-RESULTS = Path(__file__).parent / "results"
 GPT2_SIZES = {"GPT-2 small (124M)": (12, 12, 64), "GPT-2 medium (350M)": (24, 16, 64),
               "GPT-2 large (774M)": (36, 20, 64), "GPT-2 XL (1.5B)": (48, 25, 64)}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def timed_generate(model: GPT, prompt: torch.Tensor, new: int, use_cache: bool) -> tuple[torch.Tensor, float]:
@@ -160,9 +149,7 @@ def main() -> None:
         verdict = "met" if device.type != "cpu" or at256[0] >= 5.0 else "NOT met"
         print(f"speed-up at 256 new tokens, batch 1: {at256[0]:.1f}x (CPU target >= 5x: {verdict})")
     out = args.out or RESULTS / f"{device.type}_generate.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(result, out)
 
 
 if __name__ == "__main__":

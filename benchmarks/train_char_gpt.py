@@ -34,17 +34,15 @@ Re-run on a quiet machine (about 4 minutes on 2 cores)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from common import RESULTS, cpu_name, write_results
 
 from lmlib import data as D
 from lmlib import train as T
@@ -57,7 +55,7 @@ MODEL = dict(n_layer=4, n_head=4, n_embd=128, block_size=BLOCK, dropout=0.0)
 # README's CPU overrides (sizes above, max_iters = lr_decay_iters = 2000).
 RECIPE = dict(lr=1e-3, min_lr=1e-4, betas=(0.9, 0.99), warmup_steps=100, weight_decay=0.1, grad_clip=1.0)
 WARMUP_STEPS = 10  # untimed steps at the start of every throughput run
-OUT = Path(__file__).parent / "results" / "cpu_char_gpt.json"
+OUT = RESULTS / "cpu_char_gpt.json"
 
 
 def load_tokens() -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -175,16 +173,6 @@ def time_to_loss(train, val, vocab, steps: int, compile_: bool, precision: str, 
                 val_loss=val_loss(trainer.raw_model, val, block=block, batch=batch), final_train_loss=h.train_loss[-1])
 
 
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        flags = next((l for l in out.splitlines() if l.startswith("Flags")), "")
-        name = next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name")), "")
-        return name + (" (avx512_bf16)" if "avx512_bf16" in flags else "")
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=100, help="timed steps per throughput run")
@@ -275,9 +263,7 @@ def main() -> None:
               f"validation loss {ttl['val_loss']:.3f} (targets: <= 1.88 within 60 s: "
               f"{'met' if ttl['meets_targets'] else 'NOT met'}; nanoGPT's CPU run: 1.886 after 2000 steps)")
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(result, args.out)
 
 
 if __name__ == "__main__":

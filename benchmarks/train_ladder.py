@@ -39,6 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from common import RESULTS, sync, write_results
 
 RUNGS = ["plain", "tf32", "autocast", "sdpa", "fused_adamw", "pad_vocab", "compile", "trainer"]
 MODELS = {
@@ -46,7 +47,6 @@ MODELS = {
     "shakespeare": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, batch=64),
     "char": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65, batch=12),
 }
-RESULTS = Path(__file__).parent / "results"
 
 
 def run_rung(model_name: str, rung: str, steps: int, warmup: int, batch: int, device_name: str | None) -> dict:
@@ -132,11 +132,6 @@ def _applies(rung: str, device: torch.device) -> bool:
     if rung == "autocast":
         return device.type == "cuda"
     return True
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def t4_fit(bytes_per_param: float, activation_bytes_per_token_layer_width: float, block: int = 1024, batch: int = 8) -> dict:
@@ -227,9 +222,7 @@ def main() -> None:
                   f"16 bytes per parameter for AdamW in float32) has {best['layers']} layers x {best['width']} "
                   f"({best['params'] / 1e6:,.0f}M parameters)")
     out = args.out or RESULTS / f"{device}_ladder_{args.model}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(result, out)
 
 
 if __name__ == "__main__":
