@@ -12,29 +12,32 @@ batch 12, dropout 0) built with :class:`lmlib.model.GPT`. Two measurements:
    compilation) and are not timed. Besides wall-clock tokens/s it reports tokens per CPU-second
    of the process (``time.process_time``), which a busy machine distorts much less when the run
    uses one thread.
-2. Time to loss. The Trainer (compiled, float32 unless ``--ttl-precision bf16``) runs
-   nanoGPT's CPU recipe, 2000 steps; the script reports the training time (compilation included,
-   evaluation excluded) and the validation loss on nanoGPT's split (the last 10% of the text, 65
-   characters) over 200 batches, as nanoGPT's ``eval_iters``. The course's targets: at most 1.88
-   within 60 s. ``--seconds S`` instead turns a time budget into a step count from the measured
-   throughput, so the warmup + cosine schedule ends on time.
+2. Time to loss. The Trainer trains the course's ``cpu`` preset (:mod:`lmlib.recipes`: 2 layers,
+   context 64, batch 16, 1200 steps at a peak learning rate of 5e-3) and nanoGPT's CPU recipe
+   (4 layers, 2000 steps at 1e-3). Every 100 steps it measures the validation loss on nanoGPT's
+   split (the last 10% of the text) over 200 batches of 12 windows, as nanoGPT's ``eval_iters``;
+   training time counts (compilation too, with ``--ttl-compile``), evaluation does not. The
+   course's target: at most 1.88 within 60 s. ``--ttl-override`` changes the preset for a sweep.
 
 CPU threads: by default PyTorch uses one thread per core. On a machine that other processes keep
 busy, its OpenMP threads wait for each other and a 2-thread run can be ten times slower than a
 1-thread one; there, pass ``--threads 1`` (the setting applies to every variant alike).
 
 Results go to ``benchmarks/results/cpu_char_gpt.json`` (quoted by the book) and to stdout.
-Re-run on a quiet machine (about 4 minutes on 2 cores)::
+Re-run on a quiet machine (about 6 minutes on 2 cores)::
 
     LMLIB_DATA=/work/shared/data .venv/bin/python benchmarks/train_char_gpt.py
     LMLIB_DATA=/work/shared/data .venv/bin/python benchmarks/train_char_gpt.py --threads 1 \
         --out benchmarks/results/cpu_char_gpt_1thread.json
-    .venv/bin/python benchmarks/train_char_gpt.py --steps 40 --repeats 1 --ttl-steps 200   # quick look
+    LMLIB_DATA=/work/shared/data .venv/bin/python benchmarks/train_char_gpt.py --repeats 0 \
+        --ttl "cpu preset" --ttl-override '{"n_layer": 3}' --out /tmp/sweep.json   # one sweep point
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -45,15 +48,17 @@ import torch
 from common import RESULTS, cpu_name, write_results
 
 from lmlib import data as D
+from lmlib import recipes
 from lmlib import train as T
 from lmlib.model import GPT, GPTConfig
 from lmlib.tokenizers import CharTokenizer
 
-BLOCK, BATCH = 64, 12
-MODEL = dict(n_layer=4, n_head=4, n_embd=128, block_size=BLOCK, dropout=0.0)
-# nanoGPT's config/train_shakespeare_char.py (learning rate, floor, Adam beta2, warmup) with the
-# README's CPU overrides (sizes above, max_iters = lr_decay_iters = 2000).
-RECIPE = dict(lr=1e-3, min_lr=1e-4, betas=(0.9, 0.99), warmup_steps=100, weight_decay=0.1, grad_clip=1.0)
+REF = recipes.NANOGPT_CPU  # throughput is measured on nanoGPT's documented CPU configuration
+BLOCK, BATCH = REF["block_size"], REF["batch"]
+MODEL = {k: REF[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "dropout")}
+RECIPE = dict(lr=REF["lr"], min_lr=REF["min_lr"], betas=REF["betas"], warmup_steps=REF["warmup"],
+              weight_decay=REF["weight_decay"], grad_clip=REF["grad_clip"])
+TARGET_LOSS, TARGET_SECONDS = 1.88, 60.0
 WARMUP_STEPS = 10  # untimed steps at the start of every throughput run
 OUT = RESULTS / "cpu_char_gpt.json"
 
@@ -152,40 +157,55 @@ def val_loss(model: GPT, val: torch.Tensor, batches: int = 200, block: int = BLO
     return sum(losses) / len(losses)
 
 
-def time_to_loss(train, val, vocab, steps: int, compile_: bool, precision: str, lr: float,
-                 block: int = BLOCK, batch: int = BATCH) -> dict:
-    """Train ``steps`` steps of the recipe; return the training time (wall and CPU) and validation loss.
+def time_to_loss(train, val, vocab, recipe: dict, compile_: bool, precision: str, eval_every: int = 100) -> dict:
+    """Train ``recipe`` with the Trainer; validation loss every ``eval_every`` steps against training time.
 
-    ``block`` and ``batch`` may differ from nanoGPT's (64, 12): the validation loss is then
-    measured at the longer context, which is what the model is for.
+    ``fit()`` runs in chunks of ``eval_every`` steps (the schedule is fixed when the trainer is
+    built, so the chunks make the same run as one call) and only the chunks are timed: compilation
+    counts, evaluation does not. ``seconds_to_target`` is the training time at the first evaluation
+    at or below the target loss (``None`` if the run never gets there).
     """
-    recipe = dict(RECIPE, lr=lr, min_lr=lr / 10, warmup_steps=min(RECIPE["warmup_steps"], steps // 10))
-    cfg = T.TrainConfig(max_steps=steps, log_every=50, eval_every=None, compile=compile_,
-                        precision=precision, device="cpu", progress=sys.stderr.isatty(), **recipe)
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=vocab, **dict(MODEL, block_size=block)))
-    trainer = T.Trainer(model, cfg, T.token_batches(train, block, batch))
-    start, cpu = time.perf_counter(), time.process_time()
-    h = trainer.fit()  # compilation happens during the first steps and is counted
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-    return dict(steps=steps, lr=lr, min_lr=lr / 10, warmup_steps=recipe["warmup_steps"], block=block, batch=batch,
-                tokens=steps * batch * block, train_seconds=wall, train_cpu_seconds=cpu,
-                val_loss=val_loss(trainer.raw_model, val, block=block, batch=batch), final_train_loss=h.train_loss[-1])
+    model = GPT(recipes.model_config(recipe, vocab))
+    cfg = recipes.train_config(recipe, log_every=50, eval_every=None, compile=compile_, precision=precision,
+                               device="cpu", progress=False)
+    trainer = T.Trainer(model, cfg, T.token_batches(train, recipe["block_size"], recipe["batch"]))
+    wall = cpu = 0.0
+    curve = []
+    while trainer.step < recipe["steps"]:
+        cfg.max_steps = min(recipe["steps"], trainer.step + eval_every)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        trainer.fit()
+        wall += time.perf_counter() - start
+        cpu += time.process_time() - cpu_start
+        loss = val_loss(trainer.raw_model, val, block=recipe["block_size"])
+        trainer.raw_model.train()
+        curve.append({"step": trainer.step, "train_seconds": wall, "val_loss": loss})
+        print(f"  step {trainer.step:>5}  {wall:6.1f} s  validation loss {loss:.3f}", flush=True)
+    reached = next((c for c in curve if c["val_loss"] <= TARGET_LOSS), None)
+    steps = recipe["steps"]
+    return dict(recipe=dict(recipe, betas=list(recipe["betas"])), params=model.num_params(), steps=steps,
+                tokens=steps * recipe["batch"] * recipe["block_size"], compile=compile_, precision=precision,
+                train_seconds=wall, train_cpu_seconds=cpu, val_loss=curve[-1]["val_loss"], curve=curve,
+                seconds_to_target=reached and reached["train_seconds"], steps_to_target=reached and reached["step"],
+                target_val_loss=TARGET_LOSS, target_seconds=TARGET_SECONDS,
+                meets_targets=curve[-1]["val_loss"] <= TARGET_LOSS and wall <= TARGET_SECONDS)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=100, help="timed steps per throughput run")
     parser.add_argument("--repeats", type=int, default=3, help="alternating rounds (medians reported)")
-    parser.add_argument("--ttl-steps", type=int, default=2000,
-                        help="steps of the time-to-loss run (nanoGPT's CPU run: 2000; 0 skips it)")
-    parser.add_argument("--seconds", type=float, default=None,
-                        help="instead of --ttl-steps: a training-time budget, turned into steps with the measured throughput")
-    parser.add_argument("--lr", type=float, default=RECIPE["lr"], help="peak learning rate of the time-to-loss run")
+    parser.add_argument("--ttl", nargs="*", default=["cpu preset", "nanoGPT CPU recipe"],
+                        choices=["cpu preset", "nanoGPT CPU recipe"],
+                        help="time-to-loss runs: the course's cpu preset (lmlib.recipes) and/or nanoGPT's "
+                             "CPU recipe; give --ttl alone to skip them")
+    parser.add_argument("--ttl-override", type=json.loads, default={},
+                        help='JSON changes to the cpu preset for a sweep, e.g. \'{"n_layer": 3, "lr": 3e-3}\'')
+    parser.add_argument("--ttl-compile", action="store_true",
+                        help="compile the time-to-loss runs (compilation time counts; default: off, as the notebook)")
     parser.add_argument("--ttl-precision", default="fp32", choices=["fp32", "bf16"],
-                        help="precision of the time-to-loss run (default: fp32, the CPU policy of lmlib.device)")
-    parser.add_argument("--ttl-block", type=int, default=BLOCK, help="context of the time-to-loss run")
-    parser.add_argument("--ttl-batch", type=int, default=BATCH, help="batch size of the time-to-loss run")
+                        help="precision of the time-to-loss runs (default: fp32, the CPU policy of lmlib.device)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--profile", action="store_true",
                         help="also profile the plain loop: the share of time in matrix products bounds any fp32 speed-up")
@@ -235,9 +255,7 @@ def main() -> None:
                        "runs_tokens_per_cpu_s": cpu_runs, "median_tokens_per_cpu_s": cpu_med,
                        "cpu_ratio_to_plain": {k: v / cpu_base for k, v in cpu_med.items()}},
         "load_average_1_5_15": {"before": load_before, "after_throughput": load_after_throughput},
-        "command": "python benchmarks/train_char_gpt.py " + " ".join(
-            f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
-            for k, v in vars(args).items() if k not in ("out",) and v is not None and v is not False),
+        "command": "python benchmarks/train_char_gpt.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     }
 
     if args.profile:
@@ -246,22 +264,21 @@ def main() -> None:
         print(f"\nplain loop profile: {prof['matmul_attention_share']:.0%} of CPU time in matrix products and "
               f"attention kernels, so no float32 trainer can exceed {prof['amdahl_bound_fp32']:.2f}x on this machine")
 
-    if args.ttl_steps > 0 or args.seconds:
-        precision = args.ttl_precision
-        steps = args.ttl_steps
-        if args.seconds:
-            speed = med[f"Trainer + compile{' + bf16' if precision == 'bf16' else ''}"]
-            steps = max(100, int(args.seconds * speed / (args.ttl_batch * args.ttl_block)))
-        ttl = time_to_loss(train, val, vocab, steps, True, precision, args.lr, args.ttl_block, args.ttl_batch)
-        ttl.update(precision=precision, load_average_after=os.getloadavg(),
-                   target_val_loss=1.88, target_seconds=60.0,
-                   meets_targets=ttl["val_loss"] <= 1.88 and ttl["train_seconds"] <= 60.0)
-        result["time_to_loss"] = ttl
-        print(f"\ntime to loss ({precision}, compile, lr {args.lr:g}): {steps} steps in "
-              f"{ttl['train_seconds']:.1f} s of training ({ttl['train_cpu_seconds']:.1f} CPU-s; compilation included, "
-              f"evaluation excluded) -> "
-              f"validation loss {ttl['val_loss']:.3f} (targets: <= 1.88 within 60 s: "
-              f"{'met' if ttl['meets_targets'] else 'NOT met'}; nanoGPT's CPU run: 1.886 after 2000 steps)")
+    runs = {"cpu preset": dict(recipes.shakespeare_char("cpu"), **args.ttl_override),
+            "nanoGPT CPU recipe": dict(REF)}
+    if args.ttl:
+        result["time_to_loss"] = {}
+    for name in args.ttl:
+        print(f"\ntime to loss: {name} {runs[name]}", flush=True)
+        ttl = time_to_loss(train, val, vocab, runs[name], args.ttl_compile, args.ttl_precision)
+        ttl["load_average_after"] = os.getloadavg()
+        result["time_to_loss"][name] = ttl
+        reached = (f"{TARGET_LOSS} first reached after {ttl['seconds_to_target']:.1f} s" if ttl["seconds_to_target"]
+                   else f"{TARGET_LOSS} not reached")
+        print(f"{name}: {ttl['steps']} steps in {ttl['train_seconds']:.1f} s of training "
+              f"({ttl['train_cpu_seconds']:.1f} CPU-s; evaluation excluded) -> validation loss {ttl['val_loss']:.3f}; "
+              f"{reached}; target (<= {TARGET_LOSS} within {TARGET_SECONDS:.0f} s) "
+              f"{'met' if ttl['meets_targets'] else 'NOT met'}")
 
     write_results(result, args.out)
 

@@ -272,7 +272,13 @@ class GPT(nn.Module):
         """One empty :class:`lmlib.attention.KVCache` per layer, for incremental decoding."""
         return [KVCache() for _ in self.blocks]
 
-    def _check_input(self, idx: Tensor, offset: int) -> None:
+    def check_input(self, idx: Tensor, offset: int = 0) -> None:
+        """Raise a clear error for token ids the model cannot take (shape, dtype, length, range).
+
+        Inside a ``torch.compile`` trace the range check is skipped: reading ``idx.min()`` would
+        split the compiled graph in two at every call. :class:`lmlib.train.Trainer` therefore
+        calls this method on each batch before a compiled forward pass.
+        """
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
             shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
             raise ValueError(f"idx must be a (batch, seq) tensor of token ids, got {shape}; add a batch axis with idx[None].")
@@ -286,6 +292,8 @@ class GPT(nn.Module):
                 f"sequence of {offset + T} tokens (cache {offset} + new {T}) is longer than the context "
                 f"block_size={self.config.block_size}; crop it to the last {self.config.block_size} tokens."
             )
+        if torch.compiler.is_compiling():
+            return
         lo, hi = int(idx.min()), int(idx.max())
         if lo < 0 or hi >= self.config.vocab_size:
             raise ValueError(
@@ -301,7 +309,7 @@ class GPT(nn.Module):
         if cache is not None and len(cache) != len(self.blocks):
             raise ValueError(f"cache must hold one KVCache per layer ({len(self.blocks)}), got {len(cache)}.")
         offset = cache[0].length if cache is not None else 0
-        self._check_input(idx, offset)
+        self.check_input(idx, offset)
         x = self.wte(idx.long())
         if self.wpe is not None:
             x = self.wpe(x, offset)

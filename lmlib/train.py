@@ -483,6 +483,8 @@ class Trainer:
                 and all(isinstance(t, torch.Tensor) for t in batch)):
             raise TypeError(f"{source} must give (x, y) pairs of tensors, got {type(batch).__name__}.")
         x, y = batch
+        if self.config.compile and hasattr(self.raw_model, "check_input"):
+            self.raw_model.check_input(x)  # the compiled graph skips the token-range check
         nb = self.device.type == "cuda"
         return x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
 

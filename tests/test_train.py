@@ -354,3 +354,34 @@ def test_compile_option_wraps_the_model(monkeypatch):
     tr = make(T.TrainConfig(max_steps=2, warmup_steps=0, compile=True, progress=False, eval_every=None))
     assert compiled == [tr.raw_model, tr.raw_model]
     tr.fit()
+
+
+def test_gpt_compiles_to_one_graph_and_the_trainer_still_checks_token_ids(monkeypatch):
+    # Reading idx.min() inside the forward pass would split a compiled graph in two at every step.
+    from lmlib.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=V, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    x = torch.randint(V, (2, 8))
+    explained = torch._dynamo.explain(model)(x, x)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    # Inside a compiled graph the model skips the range check (an id == V would reach the
+    # embedding as an IndexError, or a device-side assert on CUDA): the trainer checks each batch first.
+    class AsIfCompiled(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *args, **kwargs):
+            with pytest.MonkeyPatch.context() as tracing:
+                tracing.setattr(torch.compiler, "is_compiling", lambda: True)
+                return self.inner(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: AsIfCompiled(module))
+    bad = x.clone()
+    bad[0, 0] = V
+    with pytest.raises(IndexError):
+        AsIfCompiled(model)(bad, bad)
+    cfg = T.TrainConfig(max_steps=1, warmup_steps=0, compile=True, progress=False, eval_every=None)
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 16\)"):
+        T.Trainer(model, cfg, lambda g: (bad, bad)).fit()

@@ -1,0 +1,43 @@
+"""lmlib.recipes: the presets build valid models and trainer configs, and stay what the book says."""
+from __future__ import annotations
+
+import pytest
+
+from lmlib import recipes
+from lmlib.model import GPT
+from lmlib.train import TrainConfig
+
+
+@pytest.mark.parametrize("scale", ["smoke", "cpu", "gpu"])
+def test_every_preset_builds_a_model_and_a_trainer_config(scale):
+    recipe = recipes.shakespeare_char(scale)
+    model = GPT(recipes.model_config(recipe, vocab_size=65))
+    cfg = recipes.train_config(recipe, eval_every=None)
+    assert isinstance(cfg, TrainConfig) and cfg.eval_every is None
+    assert (cfg.max_steps, cfg.lr, cfg.min_lr, cfg.warmup_steps) == (
+        recipe["steps"], recipe["lr"], recipe["min_lr"], recipe["warmup"])
+    assert model.config.block_size == recipe["block_size"] and len(model.blocks) == recipe["n_layer"]
+
+
+def test_the_default_follows_the_scale_preset_and_returns_a_copy(monkeypatch):
+    monkeypatch.setenv("LMLIB_SCALE", "cpu")
+    recipe = recipes.shakespeare_char()
+    assert recipe == recipes.SHAKESPEARE_CHAR["cpu"]
+    recipe["steps"] = 1
+    assert recipes.SHAKESPEARE_CHAR["cpu"]["steps"] != 1
+
+
+def test_presets_match_the_chapter_text():
+    # Chapter 4 describes these numbers in words; the nanoGPT ones are published (README, config file).
+    nano, cpu, gpu = recipes.NANOGPT_CPU, recipes.SHAKESPEARE_CHAR["cpu"], recipes.SHAKESPEARE_CHAR["gpu"]
+    assert (nano["n_layer"], nano["n_embd"], nano["block_size"], nano["batch"], nano["steps"], nano["lr"]) == (
+        4, 128, 64, 12, 2000, 1e-3)
+    assert (gpu["n_layer"], gpu["n_embd"], gpu["block_size"], gpu["batch"], gpu["steps"], gpu["dropout"]) == (
+        6, 384, 256, 64, 5000, 0.2)
+    assert (cpu["n_layer"], cpu["n_embd"], cpu["block_size"], cpu["batch"]) == (2, 128, 64, 16)
+    assert cpu["lr"] == 5 * nano["lr"]
+
+
+def test_unknown_scale_is_rejected():
+    with pytest.raises(ValueError, match="scale must be one of"):
+        recipes.shakespeare_char("tpu")
