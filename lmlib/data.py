@@ -26,6 +26,7 @@ import tomllib
 import urllib.error
 import urllib.request
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -299,6 +300,45 @@ def _by_hand(spec: DataFile, target: Path) -> str:
         f"Without network, download {what} by hand and put the file at {target}, "
         f"or set LMLIB_DATA to a folder that holds {spec.dataset}/{spec.name}."
     )
+
+
+@dataclass
+class RowReport:
+    """What a reader did with each line of a file: rows kept, and rows rejected, counted by reason.
+
+    Every reader of chapter 5 (labelled text, CoNLL tags, sentence pairs, JSON Lines) returns one,
+    so a malformed row is never dropped silently: the notebook prints the report and glues the
+    counts. Up to three examples per reason are kept, with their line numbers, for the printout.
+    """
+
+    source: str = "<lines>"
+    lines: int = 0
+    kept: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    examples: dict[str, list[tuple[int | None, str]]] = field(default_factory=dict)
+
+    def reject(self, reason: str, line_no: int | None = None, line: str = "") -> None:
+        """Count one rejected row under ``reason`` (``line_no`` is 1-based; ``None`` if unknown)."""
+        self.rejected[reason] += 1
+        shown = self.examples.setdefault(reason, [])
+        if len(shown) < 3:
+            shown.append((line_no, line[:60]))
+
+    @property
+    def n_rejected(self) -> int:
+        """Rows rejected, all reasons together."""
+        return sum(self.rejected.values())
+
+    def headline(self) -> str:
+        """The first line of the printout; readers with more to say (tags, labels) override it."""
+        return f"{self.source}: {self.lines:,} lines, {self.kept:,} rows kept, {self.n_rejected:,} rejected"
+
+    def __str__(self) -> str:
+        out = [self.headline()]
+        for reason, n in self.rejected.most_common():
+            shown = "; ".join(f"line {i}: {s!r}" if i is not None else repr(s) for i, s in self.examples[reason])
+            out.append(f"  {n:,} x {reason}" + (f", e.g. {shown}" if shown else ""))
+        return "\n".join(out)
 
 
 def read_text(name: str, file: str | None = None, encoding: str = "utf-8") -> str:

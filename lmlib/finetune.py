@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmlib.data import RowReport
 from lmlib.model import GPT
 
 Tensor = torch.Tensor
@@ -163,29 +164,14 @@ class BagOfWords(nn.Module):
 # --- data ---------------------------------------------------------------------------------------
 
 @dataclass
-class LoadReport:
-    """What happened to each line of a labelled file: how many rows were kept, which were skipped and why."""
+class LoadReport(RowReport):
+    """A :class:`lmlib.data.RowReport` of a labelled file, with the count of each label kept."""
 
-    source: str
-    lines: int = 0
-    kept: int = 0
-    skipped: Counter = field(default_factory=Counter)
-    examples: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
     label_counts: Counter = field(default_factory=Counter)
 
-    def skip(self, reason: str, line_no: int, line: str) -> None:
-        self.skipped[reason] += 1
-        self.examples.setdefault(reason, [])
-        if len(self.examples[reason]) < 3:
-            self.examples[reason].append((line_no, line[:60]))
-
-    def __str__(self) -> str:
-        out = [f"{self.source}: {self.lines} lines, {self.kept} rows kept, {sum(self.skipped.values())} skipped"]
-        out.append("  labels: " + ", ".join(f"{k}={v}" for k, v in sorted(self.label_counts.items())))
-        for reason, n in self.skipped.most_common():
-            shown = "; ".join(f"line {i}: {s!r}" for i, s in self.examples[reason])
-            out.append(f"  skipped {n} ({reason}), e.g. {shown}")
-        return "\n".join(out)
+    def headline(self) -> str:
+        labels = ", ".join(f"{k}={v}" for k, v in sorted(self.label_counts.items()))
+        return f"{super().headline()}\n  labels: {labels}"
 
 
 #: How each registered labelled data set is laid out: which side of the tab holds the label,
@@ -212,10 +198,10 @@ def parse_labelled(lines: Sequence[str], layout: str, classes: Sequence[str],
     for no, line in enumerate(lines, 1):
         report.lines += 1
         if not line.strip():
-            report.skip("blank line", no, line)
+            report.reject("blank line", no, line)
             continue
         if "\t" not in line:
-            report.skip("no tab between label and text", no, line)
+            report.reject("no tab between label and text", no, line)
             continue
         if layout == "label_first":
             label, text = line.split("\t", 1)
@@ -223,10 +209,10 @@ def parse_labelled(lines: Sequence[str], layout: str, classes: Sequence[str],
             text, label = line.rsplit("\t", 1)
         label, text = label.strip(), text.strip()
         if label not in index:
-            report.skip(f"unknown label (expected one of {list(classes)})", no, line)
+            report.reject(f"unknown label (expected one of {list(classes)})", no, line)
             continue
         if not text:
-            report.skip("empty text", no, line)
+            report.reject("empty text", no, line)
             continue
         texts.append(text)
         labels.append(index[label])

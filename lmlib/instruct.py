@@ -29,14 +29,15 @@ from __future__ import annotations
 import gzip
 import json
 import re
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from lmlib.data import RowReport
 
 Tensor = torch.Tensor
 Example = tuple[Tensor, Tensor]
@@ -192,22 +193,8 @@ def respond(model: nn.Module, encode: Callable[[str], Sequence[int] | Tensor], d
 
 # --- data sets ----------------------------------------------------------------------------------
 
-@dataclass
-class JsonlReport:
-    """What happened to each line of a JSON Lines file: rows kept, and rows skipped with the reason."""
-
-    source: str
-    lines: int = 0
-    kept: int = 0
-    skipped: Counter = field(default_factory=Counter)
-
-    @property
-    def malformed(self) -> int:
-        return sum(self.skipped.values())
-
-    def __str__(self) -> str:
-        reasons = "; ".join(f"{n} {why}" for why, n in self.skipped.most_common()) or "none"
-        return f"{self.source}: {self.lines} lines, {self.kept} kept, skipped: {reasons}"
+#: What :func:`read_jsonl` returns beside the rows: kept rows and rejected rows by reason.
+JsonlReport = RowReport
 
 
 def _open_lines(name: str, file: str | None) -> list[str]:
@@ -233,23 +220,23 @@ def read_jsonl(name: str, file: str | None = None, required: Sequence[str] = (),
         lines.pop()
     report = JsonlReport(f"{name}/{file or data.dataset(name).default}")
     rows = []
-    for line in lines:
+    for no, line in enumerate(lines, 1):
         report.lines += 1
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            report.skipped["not valid JSON"] += 1
+            report.reject("not valid JSON", no, line)
             continue
         if not isinstance(row, dict):
-            report.skipped["not a JSON object"] += 1
+            report.reject("not a JSON object", no, line)
             continue
         missing = [k for k in required if not (isinstance(row.get(k), str) and row[k].strip())]
         if missing:
-            report.skipped[f"missing or empty {missing[0]!r}"] += 1
+            report.reject(f"missing or empty {missing[0]!r}", no, line)
             continue
         reason = check(row) if check else None
         if reason:
-            report.skipped[reason] += 1
+            report.reject(reason, no, line)
             continue
         rows.append(row)
         report.kept += 1

@@ -42,13 +42,14 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from lmlib.attention import LearnedPositions
+from lmlib.data import RowReport
 from lmlib.model import Block, GPTConfig, _norm
 
 Tensor = torch.Tensor
@@ -487,19 +488,15 @@ class Vocab:
 # --- the English-French pairs -------------------------------------------------------------------
 
 @dataclass
-class PairReport:
-    """What :func:`read_pairs` kept and what it rejected, by reason (nothing is dropped silently)."""
+class PairReport(RowReport):
+    """A :class:`lmlib.data.RowReport` of :func:`read_pairs`, with the count of kept lines it repaired."""
 
-    lines: int = 0
-    kept: int = 0
-    rejected: Counter = field(default_factory=Counter)
+    source: str = "sentence pairs"
     repaired: int = 0
-    examples: dict[str, str] = field(default_factory=dict)
 
-    def __str__(self) -> str:
-        why = ", ".join(f"{n:,} {reason}" for reason, n in self.rejected.most_common()) or "none"
-        return (f"{self.lines:,} lines: {self.kept:,} pairs kept; rejected: {why}; "
-                f"{self.repaired:,} kept lines had unusual spaces, invisible characters or curly apostrophes (repaired)")
+    def headline(self) -> str:
+        return (f"{super().headline()}; {self.repaired:,} kept lines had unusual spaces, invisible characters "
+                "or curly apostrophes (repaired)")
 
 
 def read_pairs(lines: Iterable[str]) -> tuple[list[tuple[str, str]], PairReport]:
@@ -511,25 +508,20 @@ def read_pairs(lines: Iterable[str]) -> tuple[list[tuple[str, str]], PairReport]
     repairs (odd spaces, invisible characters, curly apostrophes) are kept and counted.
     """
     report, pairs, seen = PairReport(), [], set()
-
-    def reject(reason: str, line: str) -> None:
-        report.rejected[reason] += 1
-        report.examples.setdefault(reason, line)
-
-    for line in lines:
+    for no, line in enumerate(lines, 1):
         line = line.rstrip("\r\n")
         if not line.strip():
             continue
         report.lines += 1
         cols = line.split("\t")
         if len(cols) < 2:
-            reject("without a tab", line)
+            report.reject("without a tab", no, line)
             continue
         en, fr = normalize(cols[0]), normalize(cols[1])
         if not en or not fr:
-            reject("with an empty side", line)
+            report.reject("with an empty side", no, line)
         elif (en, fr) in seen:
-            reject("repeated after normalisation", line)
+            report.reject("repeated after normalisation", no, line)
         else:
             seen.add((en, fr))
             pairs.append((en, fr))

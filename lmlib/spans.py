@@ -47,6 +47,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmlib.data import RowReport
 from lmlib.model import GPT
 
 Tensor = torch.Tensor
@@ -73,30 +74,16 @@ class Sentence:
 
 
 @dataclass
-class ConllReport:
-    """What a CoNLL reader saw: sentences, tokens, tags, and every malformed line by reason."""
+class ConllReport(RowReport):
+    """A :class:`lmlib.data.RowReport` of a CoNLL file: sentences, tokens and tags; malformed lines are rejected."""
 
-    source: str
-    lines: int = 0
     sentences: int = 0
     tokens: int = 0
     tag_counts: Counter = field(default_factory=Counter)
-    malformed: Counter = field(default_factory=Counter)
-    examples: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
 
-    def flag(self, reason: str, line_no: int, line: str) -> None:
-        self.malformed[reason] += 1
-        shown = self.examples.setdefault(reason, [])
-        if len(shown) < 3:
-            shown.append((line_no, line[:50]))
-
-    def __str__(self) -> str:
-        out = [f"{self.source}: {self.lines} lines, {self.sentences} sentences, {self.tokens} tokens, "
-               f"{sum(self.malformed.values())} malformed lines"]
-        for reason, n in self.malformed.most_common():
-            shown = "; ".join(f"line {i}: {s!r}" for i, s in self.examples[reason])
-            out.append(f"  {n} x {reason}, e.g. {shown}")
-        return "\n".join(out)
+    def headline(self) -> str:
+        return (f"{self.source}: {self.lines:,} lines, {self.sentences:,} sentences, {self.tokens:,} tokens, "
+                f"{self.n_rejected:,} malformed lines")
 
 
 def _valid_tag(tag: str) -> bool:
@@ -130,19 +117,19 @@ def parse_conll(lines: Sequence[str], source: str = "<lines>") -> tuple[list[Sen
         line = line.rstrip("\r\n")
         if not line.strip():
             if line:
-                report.flag("separator line holds whitespace, not nothing", no, line)
+                report.reject("separator line holds whitespace, not nothing", no, line)
             close()
             continue
         parts = line.split("\t")
         if len(parts) != 2:
-            report.flag(f"{len(parts) - 1} tabs instead of 1", no, line)
+            report.reject(f"{len(parts) - 1} tabs instead of 1", no, line)
             continue
         token, tag = parts[0], parts[1].strip()
         if not token.strip():
-            report.flag("empty token", no, line)
+            report.reject("empty token", no, line)
             continue
         if not _valid_tag(tag):
-            report.flag("tag is not O, B-type or I-type", no, line)
+            report.reject("tag is not O, B-type or I-type", no, line)
             continue
         tokens.append(token)
         tags.append(tag)

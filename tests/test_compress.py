@@ -1,5 +1,4 @@
 """lmlib.compress (chapter 6): quantization, pruning, distillation, model size; and its checkers."""
-import copy
 
 import pytest
 import torch

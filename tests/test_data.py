@@ -153,3 +153,17 @@ def test_split_and_windows():
         data.random_windows(tokens, 50, 2)
     with pytest.raises(ValueError, match="1-D"):
         data.random_windows(tokens.view(5, 10), 4, 2)
+
+
+def test_row_report_counts_reasons_and_keeps_three_examples():
+    from lmlib.data import RowReport
+
+    report = RowReport("demo.tsv", lines=6, kept=1)
+    for no in range(1, 5):
+        report.reject("no tab", no, f"row {no}")
+    report.reject("empty text", None, "")
+    assert report.rejected == {"no tab": 4, "empty text": 1} and report.n_rejected == 5
+    assert report.examples["no tab"] == [(1, "row 1"), (2, "row 2"), (3, "row 3")]
+    text = str(report)
+    assert text.splitlines()[0] == "demo.tsv: 6 lines, 1 rows kept, 5 rejected"
+    assert "4 x no tab, e.g. line 1: 'row 1'" in text and "1 x empty text" in text

@@ -1,7 +1,6 @@
 """Chapter 4 data pipeline: normalization, MinHash + LSH (against datasketch), packing, leakage."""
 import numpy as np
 import pytest
-import torch
 
 from lmlib import dedup, exercises
 

@@ -2,7 +2,6 @@
 import math
 import random
 
-import torch
 
 from lmlib import exercises
 

@@ -1,5 +1,4 @@
 """The chapter 6 bias-and-robustness checkers accept the references and reject known-wrong solutions."""
-import random
 import re
 
 from lmlib import exercises

@@ -104,9 +104,9 @@ def test_parse_labelled_counts_every_skipped_line():
     lines = ["ham\tok", "spam\t  ", "", "  ", "eggs\thello", "no tab", "spam\tWIN\tnow", "ham\tfine"]
     texts, labels, report = ft.parse_labelled(lines, "label_first", ("ham", "spam"))
     assert texts == ["ok", "WIN\tnow", "fine"] and labels == [0, 1, 0]
-    assert report.lines == 8 and report.kept == 3 and sum(report.skipped.values()) == 5
-    assert report.skipped["blank line"] == 2 and report.skipped["empty text"] == 1
-    assert report.skipped["no tab between label and text"] == 1
+    assert report.lines == 8 and report.kept == 3 and report.n_rejected == 5
+    assert report.rejected["blank line"] == 2 and report.rejected["empty text"] == 1
+    assert report.rejected["no tab between label and text"] == 1
     assert "unknown label" in str(report) and "line 5" in str(report)
     texts, labels, _ = ft.parse_labelled(["good\tfilm\t1", "bad film\t0"], "label_last", ("0", "1"))
     assert texts == ["good\tfilm", "bad film"] and labels == [1, 0]
@@ -116,7 +116,7 @@ def test_parse_labelled_counts_every_skipped_line():
 
 def test_load_labelled_real_files(mirror):
     texts, labels, report = ft.load_labelled("sms-spam-collection")
-    assert report.lines == 5574 and report.kept + sum(report.skipped.values()) == 5574
+    assert report.lines == 5574 and report.kept + report.n_rejected == 5574
     assert sum(labels) == report.label_counts["spam"] == 747
     for file in ("imdb_labelled.txt", "amazon_cells_labelled.txt", "yelp_labelled.txt"):
         texts, labels, report = ft.load_labelled("sentiment-labelled-sentences", file)

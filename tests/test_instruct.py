@@ -147,7 +147,7 @@ def test_split_dialogue():
 
 def test_loaders_count_rows():
     rows, report = I.load_gsm8k("test")
-    assert report.lines == 1319 and report.kept + report.malformed == report.lines
+    assert report.lines == 1319 and report.kept + report.n_rejected == report.lines
     assert all(I.extract_answer(r["answer"]) is not None for r in rows)
     tasks, report = I.load_self_instruct()
     assert report.lines == 175 and len(tasks) == report.kept

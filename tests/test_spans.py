@@ -16,7 +16,7 @@ def test_parse_conll_counts_malformed_lines_and_keeps_sentences():
     sents, report = sp.parse_conll(lines, "demo")
     assert [s.tokens for s in sents] == [["Paris", "rocks"], ["I", "love", "New", "York"], ["end"]]
     assert sents[1].tags == ["O", "O", "B-location", "I-location"]
-    assert report.malformed == {"separator line holds whitespace, not nothing": 1, "0 tabs instead of 1": 1,
+    assert report.rejected == {"separator line holds whitespace, not nothing": 1, "0 tabs instead of 1": 1,
                                 "2 tabs instead of 1": 1, "tag is not O, B-type or I-type": 1}
     assert (report.lines, report.sentences, report.tokens) == (13, 3, 7)
     assert "4 malformed lines" in str(report)
@@ -30,8 +30,8 @@ def test_wnut17_files_differ_in_separators():
         pytest.skip(f"WNUT-17 not available: {err}")
     assert (rep_train.sentences, rep_test.sentences) == (3394, 1287)
     assert (rep_train.tokens, rep_test.tokens) == (62730, 23394)
-    assert rep_train.malformed["separator line holds whitespace, not nothing"] == 2394
-    assert sum(rep_test.malformed.values()) == 0
+    assert rep_train.rejected["separator line holds whitespace, not nothing"] == 2394
+    assert rep_test.n_rejected == 0
     with pytest.raises(ValueError, match="split must be one of"):
         sp.load_wnut17("validation")
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmlib import exercises
-from lmlib.tokenizers import PRETOKENIZE, ByteBPE, CharTokenizer, WordTokenizer, merge_pair, pretokenize
+from lmlib.tokenizers import ByteBPE, CharTokenizer, WordTokenizer, merge_pair, pretokenize
 
 SAMPLE = (
     "The quick brown fox jumps over the lazy dog. The dog sleeps; the fox doesn't! "
