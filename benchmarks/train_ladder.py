@@ -41,6 +41,8 @@ from pathlib import Path
 import torch
 from common import RESULTS, sync, write_results
 
+from lmlib import cost
+
 RUNGS = ["plain", "tf32", "autocast", "sdpa", "fused_adamw", "pad_vocab", "compile", "trainer"]
 MODELS = {
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257, batch=8),
@@ -134,22 +136,12 @@ def _applies(rung: str, device: torch.device) -> bool:
     return True
 
 
-def t4_fit(bytes_per_param: float, activation_bytes_per_token_layer_width: float, block: int = 1024, batch: int = 8) -> dict:
-    """The largest GPT-2-shaped model (width 64 x heads, layers = width / 64) fitting 16 GB, from measured constants.
-
-    Memory ~ bytes_per_param * N + a * layers * width * batch * block, with ``bytes_per_param``
-    (weights, gradients and AdamW's two moments: 16 bytes in float32) and ``a`` taken from the
-    measurements. A rough planning figure, not a guarantee: allocator slack and fragmentation add more.
-    """
-    budget = 16e9 * 0.9  # leave 10% for the CUDA context and fragmentation
-    best = None
-    for layers in range(2, 97):
-        width = 64 * layers
-        n = 12 * layers * width**2 + 50304 * width + block * width
-        need = bytes_per_param * n + activation_bytes_per_token_layer_width * layers * width * batch * block
-        if need <= budget:
-            best = {"layers": layers, "width": width, "params": n, "estimated_bytes": need}
-    return {"budget_bytes": budget, "batch": batch, "block": block, "largest": best}
+def t4_fit(activation_bytes: float, block: int = 1024, batch: int = 8) -> dict:
+    """The largest GPT-2-shaped model whose float32 AdamW training step fits a 16 GB T4 (:mod:`lmlib.cost`)."""
+    best = cost.largest_gpt2_shape(16e9, batch, block, activation_bytes)
+    return {"budget_bytes": 16e9 * 0.9, "batch": batch, "block": block,
+            "largest": best and {"layers": best["n_layer"], "width": best["n_embd"], "params": best["params"],
+                                 "estimated_bytes": best["bytes"]}}
 
 
 def main() -> None:
@@ -209,7 +201,7 @@ def main() -> None:
         cfg = MODELS[args.model]
         per_sample = max(0.0, (large["peak_memory_bytes"] - small["peak_memory_bytes"]) / batch)
         a = per_sample / (cfg["block_size"] * cfg["n_layer"] * cfg["n_embd"])
-        fit = t4_fit(16.0, a)
+        fit = t4_fit(a)
         result["memory"] = {"rung": last, "batch": [batch, 2 * batch],
                             "peak_bytes": [small["peak_memory_bytes"], large["peak_memory_bytes"]],
                             "activation_bytes_per_token_layer_width": a, "t4_fit": fit}

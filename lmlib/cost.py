@@ -19,10 +19,19 @@ API::
     co2e_kg(energy_kwh, kg_per_kwh) -> float
     cost(gpu_hours, price_per_hour) -> float
     estimate(n_params, n_tokens, peak_flops, mfu, watts, pue, kg_per_kwh, price_per_hour) -> dict
+    gpt2_shape_params(n_layer, n_embd, vocab_size=50304, block_size=1024) -> int
+    training_memory_bytes(n_params, n_layer, n_embd, tokens, activation_bytes, bytes_per_param=16) -> float
+    largest_gpt2_shape(memory_bytes, batch, block_size, activation_bytes, ...) -> dict | None
+
+Memory is the other cost of training: a model that does not fit cannot be trained at all. With
+AdamW in float32, every parameter costs 16 bytes (weights, gradient and two moments), and the
+activations kept for the backward pass grow with layers x width x tokens in the batch; the
+constant in front (``activation_bytes``) is measured by ``benchmarks/peak_memory.py``.
 """
 from __future__ import annotations
 
-__all__ = ["training_flops", "gpu_hours", "energy_kwh", "co2e_kg", "cost", "estimate"]
+__all__ = ["training_flops", "gpu_hours", "energy_kwh", "co2e_kg", "cost", "estimate", "gpt2_shape_params",
+           "training_memory_bytes", "largest_gpt2_shape"]
 
 
 def _positive(**values: float) -> None:
@@ -75,3 +84,43 @@ def estimate(n_params: float, n_tokens: float, peak_flops: float, mfu: float, wa
     kwh = energy_kwh(hours, watts, pue)
     return dict(flops=flops, gpu_hours=hours, energy_kwh=kwh, co2e_kg=co2e_kg(kwh, kg_per_kwh),
                 cost=cost(hours, price_per_hour))
+
+
+def gpt2_shape_params(n_layer: int, n_embd: int, vocab_size: int = 50304, block_size: int = 1024) -> int:
+    """Parameters of a GPT-2-shaped model: ``12 L d^2`` in the blocks plus the token and position tables.
+
+    Biases and norms (a few ``d`` per layer) are left out; the output head is tied to the embedding.
+    """
+    return 12 * n_layer * n_embd**2 + vocab_size * n_embd + block_size * n_embd
+
+
+def training_memory_bytes(n_params: float, n_layer: int, n_embd: int, tokens: int, activation_bytes: float,
+                          bytes_per_param: float = 16.0) -> float:
+    """Memory of one training step: ``bytes_per_param * N + activation_bytes * layers * width * tokens``.
+
+    ``tokens`` is batch x context of one micro-batch; ``activation_bytes`` is measured (bytes kept
+    per token, layer and unit of width). A planning figure: allocator slack is not modelled.
+    """
+    _positive(n_params=n_params, n_layer=n_layer, n_embd=n_embd, tokens=tokens, bytes_per_param=bytes_per_param)
+    if activation_bytes < 0:
+        raise ValueError(f"activation_bytes must be >= 0, got {activation_bytes!r}.")
+    return bytes_per_param * n_params + activation_bytes * n_layer * n_embd * tokens
+
+
+def largest_gpt2_shape(memory_bytes: float, batch: int, block_size: int, activation_bytes: float,
+                       bytes_per_param: float = 16.0, headroom: float = 0.9, vocab_size: int = 50304) -> dict | None:
+    """The largest GPT-2-shaped model (width = 64 x layers, heads of 64) whose training step fits.
+
+    Only ``headroom`` of ``memory_bytes`` is used (the rest: the CUDA context, fragmentation).
+    Returns ``{"n_layer", "n_embd", "params", "bytes"}``, or ``None`` if not even 2 layers fit.
+    """
+    _positive(memory_bytes=memory_bytes, batch=batch, block_size=block_size, headroom=headroom)
+    budget, best = memory_bytes * headroom, None
+    for n_layer in range(2, 129):
+        n_embd = 64 * n_layer
+        params = gpt2_shape_params(n_layer, n_embd, vocab_size, block_size)
+        need = training_memory_bytes(params, n_layer, n_embd, batch * block_size, activation_bytes, bytes_per_param)
+        if need > budget:
+            break
+        best = {"n_layer": n_layer, "n_embd": n_embd, "params": params, "bytes": need}
+    return best
