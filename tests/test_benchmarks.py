@@ -1,0 +1,72 @@
+"""The benchmark scripts run end to end at toy sizes and write the results files the book reads.
+
+Timings are not asserted (that is what the scripts are for); the structure of the JSON, the
+checks the scripts make themselves (cached == uncached tokens, memory formulas) and their exit
+status are.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(name: str, *args: str, data: Path | None = None) -> str:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if data is not None:
+        env["LMLIB_DATA"] = str(data)
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_train_char_gpt_measures_throughput_and_a_time_to_loss_race(tmp_path, mirror):
+    out = tmp_path / "char.json"
+    stdout = run_script("train_char_gpt.py", "--steps", "2", "--repeats", "1", "--variants", "plain float32 loop",
+                        "Trainer", "--ttl", "cpu preset", "--ttl-override", '{"steps": 4, "warmup": 1}',
+                        "--out", str(out), data=mirror)
+    result = json.loads(out.read_text())
+    assert set(result["throughput"]["median_tokens_per_s"]) == {"plain float32 loop", "Trainer"}
+    assert result["throughput"]["ratio_to_plain"]["plain float32 loop"] == 1.0
+    race = result["time_to_loss"]["cpu preset"]
+    assert race["steps"] == 4 and race["recipe"]["n_layer"] == 2 and [c["step"] for c in race["curve"]] == [4]
+    assert race["val_loss"] > 1.88 and race["seconds_to_target"] is None and not race["meets_targets"]
+    assert "NOT met" in stdout
+
+
+def test_peak_memory_derives_what_fits(tmp_path):
+    out = tmp_path / "memory.json"
+    run_script("peak_memory.py", "--presets", "smoke", "--steps", "1", "--out", str(out))
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["preset"] == "smoke" and row["batch"] == 8 and row["peak_bytes"] > 0
+    assert row["model_state_bytes"] == 16 * row["params"]
+
+
+def test_generate_kv_cache_checks_cached_against_uncached(tmp_path, mirror):
+    out = tmp_path / "generate.json"
+    run_script("generate_kv_cache.py", "--lengths", "4", "--batches", "1", "2", "--layers", "1", "--heads", "2",
+               "--width", "32", "--out", str(out), data=mirror)
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["new_tokens"], r["batch"]) for r in rows] == [(4, 1), (4, 2)]
+    assert all(r["same_tokens"] and r["cached_tokens_per_s"] > 0 for r in rows)
+
+
+def test_train_ladder_runs_each_rung_in_its_own_process(tmp_path):
+    out = tmp_path / "ladder.json"
+    run_script("train_ladder.py", "--model", "char", "--steps", "2", "--warmup", "1", "--rungs", "plain", "sdpa",
+               "--out", str(out))
+    result = json.loads(out.read_text())
+    assert [r["rung"] for r in result["rows"]] == ["plain", "sdpa"]
+    assert result["ratio_to_plain"]["plain"] == 1.0
+
+
+@pytest.mark.parametrize("script", ["train_char_gpt.py", "peak_memory.py", "generate_kv_cache.py", "train_ladder.py"])
+def test_every_script_explains_itself(script):
+    assert "usage:" in run_script(script, "--help")
