@@ -1,17 +1,26 @@
-"""The ``{chapter-times}`` directive: time per chapter, from the notebook executions of this build.
+"""Execution times on the website, from runs rather than prose: ``{chapter-times}`` and ``{notebook-cost}``.
 
 myst-nb records how long each notebook took to execute (the data behind ``{nb-exec-table}``).
-This directive adds those run times up per chapter folder, so the course map in ``intro.md``
+``{chapter-times}`` adds those run times up per chapter folder, so the course map in ``intro.md``
 states the cost of each chapter as measured when the site you read was built, at the scale
 preset of that build (``LMLIB_SCALE``), never as a number typed by hand.
+
+``{notebook-cost}`` (with ``:cpu-budget: MINUTES``) sits near the top of every notebook. It states
+the notebook's budget at the ``cpu`` preset on a 2-core CPU, the time measured there by
+``benchmarks/notebook_times.py`` (``benchmarks/results/cpu_notebook_times.json``) and the time
+the page took in this build. ``tests/test_notebook_budgets.py`` checks the measurements against
+the budgets.
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 from collections import defaultdict
+from pathlib import Path
 
 from docutils import nodes
+from docutils.parsers.rst import directives
 from sphinx.transforms.post_transforms import SphinxPostTransform
 from sphinx.util.docutils import SphinxDirective
 
@@ -88,9 +97,65 @@ class ChapterTimesTransform(SphinxPostTransform):
             node.replace_self([_table(rows), caption])
 
 
+class NotebookCostNode(nodes.General, nodes.Element):
+    """Placeholder for a notebook's cost box, filled in once the page has been executed."""
+
+
+class NotebookCost(SphinxDirective):
+    option_spec = {"cpu-budget": directives.positive_int}
+
+    def run(self):
+        if "cpu-budget" not in self.options:
+            raise self.error("notebook-cost needs :cpu-budget: MINUTES (wall time at the cpu preset on 2 cores).")
+        return [NotebookCostNode(budget=self.options["cpu-budget"], docname=self.env.docname)]
+
+
+def measured_times(srcdir: str | Path) -> dict:
+    """``benchmarks/results/cpu_notebook_times.json`` (``{}`` if the script has not been run)."""
+    path = Path(srcdir) / "benchmarks" / "results" / "cpu_notebook_times.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def cost_text(budget: int, measured: dict | None, machine: str, this_build: float | None, preset: str) -> list[str]:
+    """The sentences of a cost box (kept apart from docutils so that they can be tested)."""
+    unit = "minute" if budget == 1 else "minutes"
+    out = [f"Budget at the cpu preset: {budget} {unit} on a 2-core CPU."]
+    if measured is None:
+        out.append("Not measured at the cpu preset yet (benchmarks/notebook_times.py).")
+    elif not measured["ok"]:
+        out.append(f"The last measured run at the cpu preset failed ({measured['measured'][:10]}).")
+    else:
+        verdict = "within budget" if measured["seconds"] <= 60 * budget else "OVER BUDGET"
+        out.append(f"Measured: {measured['seconds'] / 60:.1f} minutes on {machine}, {measured['measured'][:10]} "
+                   f"(benchmarks/notebook_times.py): {verdict}.")
+    if this_build is not None:
+        out.append(f"When this site was built ({preset} preset) the page executed in {this_build:.1f} s.")
+    return out
+
+
+class NotebookCostTransform(SphinxPostTransform):
+    default_priority = 8
+
+    def run(self, **kwargs) -> None:
+        for node in list(self.document.findall(NotebookCostNode)):
+            times = measured_times(self.env.srcdir)
+            measured = times.get("notebooks", {}).get(node["docname"] + ".ipynb")
+            machine = f"{times.get('cpu_count', '?')} cores ({times.get('machine', 'unknown CPU')})"
+            exec_data = NbMetadataCollector.get_exec_data(self.env, node["docname"])
+            runtime = exec_data.get("runtime") if exec_data else None
+            text = cost_text(node["budget"], measured, machine, runtime, os.environ.get("LMLIB_SCALE", "cpu (default)"))
+            box = nodes.admonition(classes=["note", "notebook-cost"])
+            box += nodes.title(text="Cost")
+            box += nodes.paragraph(text=" ".join(text))
+            node.replace_self(box)
+
+
 def setup(app):
     app.add_node(ChapterTimesNode)
     app.add_directive("chapter-times", ChapterTimes)
     app.connect("env-updated", _update)
     app.add_post_transform(ChapterTimesTransform)
+    app.add_node(NotebookCostNode)
+    app.add_directive("notebook-cost", NotebookCost)
+    app.add_post_transform(NotebookCostTransform)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -67,6 +67,17 @@ def test_train_ladder_runs_each_rung_in_its_own_process(tmp_path):
     assert result["ratio_to_plain"]["plain"] == 1.0
 
 
-@pytest.mark.parametrize("script", ["train_char_gpt.py", "peak_memory.py", "generate_kv_cache.py", "train_ladder.py"])
+@pytest.mark.parametrize("script", ["train_char_gpt.py", "peak_memory.py", "generate_kv_cache.py", "train_ladder.py",
+                                    "notebook_times.py"])
 def test_every_script_explains_itself(script):
     assert "usage:" in run_script(script, "--help")
+
+
+def test_notebook_times_records_one_notebook_with_its_budget(tmp_path, mirror):
+    out = tmp_path / "times.json"
+    name = "chapters/02_attention/01_attention_by_hand.ipynb"
+    run_script("notebook_times.py", "--preset", "smoke", "--only", name, "--out", str(out), data=mirror)
+    result = json.loads(out.read_text())
+    assert result["preset"] == "smoke" and list(result["notebooks"]) == [name]
+    row = result["notebooks"][name]
+    assert row["ok"] and row["seconds"] > 0 and row["budget_minutes"] >= 1

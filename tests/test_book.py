@@ -21,6 +21,8 @@ def test_notebook_pages_show_outputs_figures_and_glued_numbers(site):
         assert "cell_output" in html, f"{nb.name}: no executed outputs on the page"
         assert "Traceback" not in html, f"{nb.name}: a traceback is on the page"
         assert not re.search(r"\{glue:\w+\}", html), f"{nb.name}: an unresolved glue reference"
+        text = re.sub(r"<[^>]+>", "", html)
+        assert "Budget at the cpu preset" in text and "the page executed in" in text, f"{nb.name}: no cost box"
 
 
 @pytest.mark.book
