@@ -21,16 +21,14 @@ Results: ``benchmarks/results/<device>_peak_memory.json`` and stdout.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
-import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from common import RESULTS, cpu_name, write_results
+from common import RESULTS, cpu_name, print_result, run_child, write_results
 
 from lmlib import cost, recipes
 
@@ -72,15 +70,11 @@ def measure(preset: str, batch: int, steps: int, device_name: str | None) -> dic
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()}
 
 
-def run_child(preset: str, batch: int, args) -> dict:
-    cmd = [sys.executable, __file__, "--one", preset, "--batch", str(batch), "--steps", str(args.steps)]
+def measure_in_child(preset: str, batch: int, args) -> dict:
+    cmd = ["--one", preset, "--batch", str(batch), "--steps", str(args.steps)]
     cmd += ["--device", args.device] if args.device else []
     cmd += ["--threads", str(args.threads)] if args.threads else []
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
-    if done.returncode or line is None:
-        raise RuntimeError(f"preset {preset} at batch {batch} failed:\n{done.stderr[-3000:]}")
-    return json.loads(line[7:])
+    return run_child(__file__, cmd, f"preset {preset} at batch {batch}")
 
 
 def main() -> None:
@@ -97,7 +91,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.one:
-        print("RESULT " + json.dumps(measure(args.one, args.batch, args.steps, args.device)))
+        print_result(measure(args.one, args.batch, args.steps, args.device))
         return
 
     rows = []
@@ -105,7 +99,7 @@ def main() -> None:
           f"{'act. bytes':>12}  largest GPT-2 shape on a 16 GB T4 at this batch x context")
     for preset in args.presets:
         batch = recipes.SHAKESPEARE_CHAR[preset]["batch"]
-        full, half = run_child(preset, batch, args), run_child(preset, batch // 2, args)
+        full, half = measure_in_child(preset, batch, args), measure_in_child(preset, batch // 2, args)
         tokens = (batch - batch // 2) * full["block_size"]
         per_token = max(0.0, (full["peak_bytes"] - half["peak_bytes"]) / tokens)
         a = per_token / (full["n_layer"] * full["n_embd"])

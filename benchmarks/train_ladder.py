@@ -29,17 +29,15 @@ derives, from the measured memory, the largest GPT-2-shaped model that fits a 16
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from common import RESULTS, sync, write_results
+from common import RESULTS, print_result, run_child, sync, write_results
 
 from lmlib import cost
 
@@ -162,19 +160,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     batch = args.batch or MODELS[args.model]["batch"]
     if args.one:
-        print("RESULT " + json.dumps(run_rung(args.model, args.one, args.steps, args.warmup, batch, args.device)))
+        print_result(run_rung(args.model, args.one, args.steps, args.warmup, batch, args.device))
         return
 
     def one(rung: str, batch: int, steps: int) -> dict:
-        cmd = [sys.executable, __file__, "--model", args.model, "--one", rung, "--steps", str(steps),
-               "--warmup", str(args.warmup), "--batch", str(batch)]
+        cmd = ["--model", args.model, "--one", rung, "--steps", str(steps), "--warmup", str(args.warmup),
+               "--batch", str(batch)]
         cmd += ["--device", args.device] if args.device else []
         cmd += ["--threads", str(args.threads)] if args.threads else []
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
-        if done.returncode or line is None:
-            raise RuntimeError(f"rung {rung} failed:\n{done.stderr[-3000:]}")
-        return json.loads(line[7:])
+        return run_child(__file__, cmd, f"rung {rung}")
 
     rows = []
     print(f"model {args.model} {MODELS[args.model]} batch {batch} | torch {torch.__version__} | "

@@ -341,6 +341,25 @@ class RowReport:
         return "\n".join(out)
 
 
+def pad_right(rows, value: int, length: int | None = None) -> torch.Tensor:
+    """(N, length) long tensor of id rows, each right-padded with ``value``.
+
+    ``length`` defaults to the longest row; a row longer than ``length`` is an error (crop or
+    filter first). Chapter 5's batch functions (classification, translation, tagging,
+    instructions) all pad through this one function.
+    """
+    rows = [torch.as_tensor(r, dtype=torch.long) for r in rows]
+    if not rows:
+        raise ValueError("padding needs at least one row.")
+    width = max(len(r) for r in rows) if length is None else length
+    if any(len(r) > width for r in rows):
+        raise ValueError(f"a row is longer than length={width}; crop or filter long rows first.")
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
 def read_text(name: str, file: str | None = None, encoding: str = "utf-8") -> str:
     """The text of a registered file (see its SOURCE notes for encodings, e.g. cp1252 for rt-polarity)."""
     return path(name, file).read_text(encoding=encoding)

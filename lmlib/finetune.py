@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmlib.data import RowReport
+from lmlib.data import RowReport, pad_right
 from lmlib.model import GPT
 
 Tensor = torch.Tensor
@@ -275,11 +275,7 @@ def pad_batch(seqs: Sequence[Tensor | Sequence[int]], pad_id: int, max_len: int)
     empty = [i for i, s in enumerate(seqs) if len(s) == 0]
     if empty:
         raise ValueError(f"sequences {empty[:5]} are empty: drop empty texts (and report them) before padding.")
-    T = max(len(s) for s in seqs)
-    out = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = s
-    return out
+    return pad_right(seqs, pad_id)
 
 
 def _trim(x: Tensor, pad_id: int) -> Tensor:

@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmlib.data import RowReport
+from lmlib.data import RowReport, pad_right
 
 Tensor = torch.Tensor
 Example = tuple[Tensor, Tensor]
@@ -132,14 +132,10 @@ def pad_examples(examples: Sequence[Example], pad_id: int) -> tuple[Tensor, Tens
     """
     if not examples:
         raise ValueError("pad_examples needs at least one example.")
-    T = max(len(x) for x, _ in examples)
-    X = torch.full((len(examples), T), int(pad_id), dtype=torch.long)
-    Y = torch.full((len(examples), T), IGNORE_INDEX, dtype=torch.long)
     for i, (x, y) in enumerate(examples):
         if x.shape != y.shape:
             raise ValueError(f"example {i}: x and y must have the same length, got {len(x)} and {len(y)}.")
-        X[i, : len(x)], Y[i, : len(y)] = x, y
-    return X, Y
+    return pad_right([x for x, _ in examples], int(pad_id)), pad_right([y for _, y in examples], IGNORE_INDEX)
 
 
 def sft_batches(examples: Sequence[Example], batch_size: int, pad_id: int) -> Callable[[torch.Generator], tuple[Tensor, Tensor]]:

@@ -49,7 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmlib.attention import LearnedPositions
-from lmlib.data import RowReport
+from lmlib.data import RowReport, pad_right
 from lmlib.model import Block, GPTConfig, _norm
 
 Tensor = torch.Tensor
@@ -586,15 +586,7 @@ def group_split(pairs: Sequence[tuple[str, str]], fractions: Sequence[float] = (
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, length: int | None = None) -> Tensor:
     """Right-pad id lists into a (B, L) tensor; L is the longest sequence unless ``length`` is given."""
-    if not seqs:
-        raise ValueError("pad_batch needs at least one sequence.")
-    L = max(len(s) for s in seqs) if length is None else length
-    if any(len(s) > L for s in seqs):
-        raise ValueError(f"a sequence is longer than length={L}; filter long sentences first.")
-    out = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
-    return out
+    return pad_right(seqs, pad_id, length)
 
 
 def pair_batches(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], batch_size: int,

@@ -47,7 +47,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmlib.data import RowReport
+from lmlib.data import RowReport, pad_right
 from lmlib.model import GPT
 
 Tensor = torch.Tensor
@@ -321,13 +321,7 @@ class GPTTokenClassifier(nn.Module):
 
 def pad_rows(rows: Sequence[Sequence[int]], value: int, length: int | None = None) -> Tensor:
     """(N, length) long tensor: each row right-padded with ``value`` (length: the longest row)."""
-    if not rows:
-        raise ValueError("pad_rows needs at least one row.")
-    length = length or max(len(r) for r in rows)
-    out = torch.full((len(rows), length), value, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.as_tensor(list(r), dtype=torch.long)
-    return out
+    return pad_right(rows, value, length)
 
 
 def tagging_batches(ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], batch_size: int,

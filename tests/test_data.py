@@ -167,3 +167,14 @@ def test_row_report_counts_reasons_and_keeps_three_examples():
     text = str(report)
     assert text.splitlines()[0] == "demo.tsv: 6 lines, 1 rows kept, 5 rejected"
     assert "4 x no tab, e.g. line 1: 'row 1'" in text and "1 x empty text" in text
+
+
+def test_pad_right_pads_to_the_longest_or_a_given_length():
+    from lmlib.data import pad_right
+
+    assert pad_right([[1, 2, 3], [4]], 0).tolist() == [[1, 2, 3], [4, 0, 0]]
+    assert pad_right([torch.tensor([5])], -100, length=3).tolist() == [[5, -100, -100]]
+    with pytest.raises(ValueError, match="longer than length=2"):
+        pad_right([[1, 2, 3]], 0, length=2)
+    with pytest.raises(ValueError, match="at least one row"):
+        pad_right([], 0)
