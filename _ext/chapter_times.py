@@ -26,6 +26,8 @@ from sphinx.util.docutils import SphinxDirective
 
 from myst_nb.sphinx_ import NbMetadataCollector
 
+from lmlib.presets import scale
+
 _KEY = "has_chapter_times"
 
 
@@ -81,7 +83,7 @@ class ChapterTimesTransform(SphinxPostTransform):
     def run(self, **kwargs) -> None:
         for node in list(self.document.findall(ChapterTimesNode)):
             totals = chapter_totals(NbMetadataCollector.get_doc_data(self.env))
-            preset = os.environ.get("LMLIB_SCALE", "cpu (default)")
+            preset = scale()
             if not totals:
                 node.replace_self(nodes.paragraph(text="No notebook was executed in this build."))
                 continue
@@ -143,7 +145,7 @@ class NotebookCostTransform(SphinxPostTransform):
             machine = f"{times.get('cpu_count', '?')} cores ({times.get('machine', 'unknown CPU')})"
             exec_data = NbMetadataCollector.get_exec_data(self.env, node["docname"])
             runtime = exec_data.get("runtime") if exec_data else None
-            text = cost_text(node["budget"], measured, machine, runtime, os.environ.get("LMLIB_SCALE", "cpu (default)"))
+            text = cost_text(node["budget"], measured, machine, runtime, scale())
             box = nodes.admonition(classes=["note", "notebook-cost"])
             box += nodes.title(text="Cost")
             box += nodes.paragraph(text=" ".join(text))

@@ -12,7 +12,7 @@ Issue 10's ablation ladder. Every rung keeps the previous ones and adds one sett
     trainer      lmlib.train.Trainer with all of the above (the course's engine, clipping included)
 
 Each rung runs in its own process (so compilation caches and the memory peak are its own) and
-reports tokens/s, MFU against the GPU's dense peak for its precision (``lmlib.train.peak_flops``;
+reports tokens/s, MFU against the GPU's dense peak for its precision (``lmlib.device.peak_flops``;
 none on CPU) and peak memory (CUDA ``max_memory_allocated``; on CPU the process's peak RSS).
 Models: ``gpt2`` (124M parameters, context 1024: the GPU target is 40% MFU), ``shakespeare``
 (nanoGPT's GPU config: 6 layers, width 384, context 256, batch 64) and ``char`` (the CPU config
@@ -52,19 +52,17 @@ MODELS = {
 def run_rung(model_name: str, rung: str, steps: int, warmup: int, batch: int, device_name: str | None) -> dict:
     """One rung, in this process: build the model with the rung's settings and time ``steps`` steps."""
     from lmlib import train as T
-    from lmlib.device import best_device, precision_for
+    from lmlib.device import runtime
     from lmlib.model import GPT, GPTConfig
 
     on = set(RUNGS[: RUNGS.index(rung) + 1])
-    device = best_device(device_name)
+    # One decision about the device, TF32 and precision (float32 until the autocast rung).
+    rt = runtime(device_name, precision=None if "autocast" in on else "fp32", tf32="tf32" in on)
+    device, precision = rt.device, rt.precision
     spec = dict(MODELS[model_name])
     spec.pop("batch")
     if "pad_vocab" in on:
         spec["vocab_size"] = -(-spec["vocab_size"] // 64) * 64
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = "tf32" in on
-        torch.backends.cudnn.allow_tf32 = "tf32" in on
-    precision = precision_for(device) if "autocast" in on else precision_for("cpu")  # cpu policy = float32
     torch.manual_seed(0)
     model = GPT(GPTConfig(dropout=0.0, fast="sdpa" in on, **spec)).to(device)
     true_vocab = MODELS[model_name]["vocab_size"]
@@ -75,8 +73,7 @@ def run_rung(model_name: str, rung: str, steps: int, warmup: int, batch: int, de
         return x, torch.roll(x, -1, dims=1)
 
     flops_per_token = model.flops_per_token() if hasattr(model, "flops_per_token") else 6 * model.num_params()
-    tf32 = device.type == "cuda" and "tf32" in on
-    peak = T.peak_flops(torch.cuda.get_device_name(device), precision.dtype, tf32) if device.type == "cuda" else None
+    peak = rt.peak_flops
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 

@@ -9,7 +9,7 @@ a product of estimates, each one explicit so that it can be argued with:
     CO2e (kg) = energy * carbon intensity (kg CO2e per kWh)
     money = hours * price per accelerator-hour
 
-Peak throughputs of GPUs come from :func:`lmlib.train.peak_flops` (one table for the course).
+Peak throughputs of GPUs come from :func:`lmlib.device.peak_flops` (one table for the course).
 
 API::
 
@@ -19,7 +19,7 @@ API::
     co2e_kg(energy_kwh, kg_per_kwh) -> float
     cost(gpu_hours, price_per_hour) -> float
     estimate(n_params, n_tokens, peak_flops, mfu, watts, pue, kg_per_kwh, price_per_hour) -> dict
-    gpt2_shape_params(n_layer, n_embd, vocab_size=50304, block_size=1024) -> int
+    gpt2_shape(n_layer, vocab_size=50304, block_size=1024) -> GPTConfig   width 64 x layers
     training_memory_bytes(n_params, n_layer, n_embd, tokens, activation_bytes, bytes_per_param=16) -> float
     largest_gpt2_shape(memory_bytes, batch, block_size, activation_bytes, ...) -> dict | None
 
@@ -30,7 +30,9 @@ constant in front (``activation_bytes``) is measured by ``benchmarks/peak_memory
 """
 from __future__ import annotations
 
-__all__ = ["training_flops", "gpu_hours", "energy_kwh", "co2e_kg", "cost", "estimate", "gpt2_shape_params",
+from lmlib.model import GPTConfig, count_params
+
+__all__ = ["training_flops", "gpu_hours", "energy_kwh", "co2e_kg", "cost", "estimate", "gpt2_shape",
            "training_memory_bytes", "largest_gpt2_shape"]
 
 
@@ -86,12 +88,16 @@ def estimate(n_params: float, n_tokens: float, peak_flops: float, mfu: float, wa
                 cost=cost(hours, price_per_hour))
 
 
-def gpt2_shape_params(n_layer: int, n_embd: int, vocab_size: int = 50304, block_size: int = 1024) -> int:
-    """Parameters of a GPT-2-shaped model: ``12 L d^2`` in the blocks plus the token and position tables.
+def gpt2_shape(n_layer: int, vocab_size: int = 50304, block_size: int = 1024) -> GPTConfig:
+    """The GPT-2-shaped model with ``n_layer`` layers: width 64 x layers, heads of 64 features.
 
-    Biases and norms (a few ``d`` per layer) are left out; the output head is tied to the embedding.
+    GPT-2 small is ``gpt2_shape(12)`` (768 wide, 12 heads); count its parameters with
+    :func:`lmlib.model.count_params`.
     """
-    return 12 * n_layer * n_embd**2 + vocab_size * n_embd + block_size * n_embd
+    if not isinstance(n_layer, int) or n_layer < 1:
+        raise ValueError(f"n_layer must be a positive whole number, got {n_layer!r}.")
+    return GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_layer,
+                     n_embd=64 * n_layer)
 
 
 def training_memory_bytes(n_params: float, n_layer: int, n_embd: int, tokens: int, activation_bytes: float,
@@ -118,7 +124,7 @@ def largest_gpt2_shape(memory_bytes: float, batch: int, block_size: int, activat
     budget, best = memory_bytes * headroom, None
     for n_layer in range(2, 129):
         n_embd = 64 * n_layer
-        params = gpt2_shape_params(n_layer, n_embd, vocab_size, block_size)
+        params = count_params(gpt2_shape(n_layer, vocab_size, block_size))
         need = training_memory_bytes(params, n_layer, n_embd, batch * block_size, activation_bytes, bytes_per_param)
         if need > budget:
             break

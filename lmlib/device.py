@@ -1,29 +1,47 @@
-"""Where the course's code runs: device choice, numeric precision, seeding and the scale preset.
+"""Where and how the course's code runs: device, numeric precision, TF32, processes, seeding.
 
 Derived in the appendix page "Setting up" (chapters/appendix/setup.md). Every notebook starts
-with `lmlib.device.report()` so the reader sees what was chosen and why.
+with ``lmlib.device.report()`` so the reader sees what was chosen and why. :func:`runtime` is the
+one place that turns a request into a decision; :class:`lmlib.train.Trainer` and the benchmarks
+call it instead of repeating the capability checks. (How *big* a run is, the scale preset, lives
+in :mod:`lmlib.presets`.)
 
 Environment variables (all optional):
 
 - ``LMLIB_DEVICE``: ``cuda``, ``cuda:1``, ``mps`` or ``cpu`` instead of the automatic choice.
 - ``LMLIB_PRECISION``: ``fp32``, ``bf16`` or ``fp16`` instead of the hardware policy.
-- ``LMLIB_SCALE``: ``smoke`` (seconds, for CI), ``cpu`` (minutes on a laptop) or ``gpu`` (full
-  results); the default is ``gpu`` when CUDA is present, else ``cpu``.
+
+API summary
+-----------
+best_device(request=None) -> torch.device            cuda > mps > cpu, or what was asked for
+Precision(device_type, dtype, reason)                .name .grad_scaler .autocast() .make_grad_scaler()
+choose_precision(device_type, cuda_capability=None, request=None) -> Precision
+precision_for(device=None) -> Precision              the policy for a real device
+Runtime(device, precision, rank=0, world_size=1)     .peak_flops .is_main
+runtime(device=None, precision=None, tf32=True) -> Runtime
+peak_flops(device_name, dtype, tf32=False) -> float | None
+GPU_PEAK_FLOPS                                       (pattern, {precision: FLOP/s}) per GPU
+model_device(model) -> torch.device                  where a module's parameters live
+eval_mode(model)                                     context manager: eval(), then the old mode back
+seed_everything(seed=0) -> torch.Generator
+describe(device=None) -> str;  report(device=None) -> torch.device
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import random
+import re
 from dataclasses import dataclass
-from typing import TypeVar
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch import nn
 
-SCALES = ("smoke", "cpu", "gpu")
+from lmlib.presets import scale
+
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-T = TypeVar("T")
 
 
 def best_device(request: str | None = None) -> torch.device:
@@ -148,6 +166,139 @@ def precision_for(device: torch.device | str | None = None) -> Precision:
     return choose_precision(device.type, capability, os.environ.get("LMLIB_PRECISION") or None)
 
 
+# --- peak throughput, for MFU ----------------------------------------------------------------
+# Dense (no 2:4 sparsity) peak tensor-core throughput in FLOP/s, from NVIDIA's data sheets and
+# architecture whitepapers; data sheets often print the sparse figure, which is twice these.
+#   A100: nvidia.com A100 data sheet (BF16/FP16 312, TF32 156, FP32 19.5 TFLOPS).
+#   H100 SXM / PCIe / NVL: H100 data sheet (BF16 1979/1513/1671 sparse; TF32 989/756/835 sparse;
+#     FP32 67/51/60). H200 and H200 NVL: H200 data sheet (same compute as H100 SXM / H100 NVL).
+#   L4: L4 data sheet (BF16/FP16 242 and TF32 120 sparse; FP32 30.3).
+#   L40S: L40S data sheet (BF16/FP16 733 and TF32 366 sparse; FP32 91.6).
+#   A10: A10 data sheet (BF16/FP16 125, TF32 62.5 dense; FP32 31.2). AWS's A10G has no NVIDIA
+#     data sheet; it is an A10 variant and the A10 figures are used as its (upper-bound) peak.
+#   T4: T4 data sheet (FP16 mixed precision 65, FP32 8.1; no bf16 or tf32 tensor cores).
+#   V100 SXM2 / PCIe / V100S: V100 data sheet (tensor 125/112/130, FP32 15.7/14/16.4).
+#   RTX 3090 / 4090: NVIDIA Ampere GA102 and Ada Lovelace whitepapers, FP16/BF16 tensor with
+#     FP32 accumulate (what autocast uses): 71 and 165.2; TF32 35.6 and 82.6; FP32 35.6 and 82.6.
+# Patterns are matched in order against torch.cuda.get_device_name(), most specific first.
+_T = 1e12
+GPU_PEAK_FLOPS: tuple[tuple[str, dict[str, float]], ...] = (
+    (r"H200 NVL", dict(bf16=835.5 * _T, fp16=835.5 * _T, tf32=417.5 * _T, fp32=60 * _T)),
+    (r"H200", dict(bf16=989.5 * _T, fp16=989.5 * _T, tf32=494.5 * _T, fp32=67 * _T)),
+    (r"H100 NVL", dict(bf16=835.5 * _T, fp16=835.5 * _T, tf32=417.5 * _T, fp32=60 * _T)),
+    (r"H100 PCIe", dict(bf16=756.5 * _T, fp16=756.5 * _T, tf32=378 * _T, fp32=51 * _T)),
+    (r"H100", dict(bf16=989.5 * _T, fp16=989.5 * _T, tf32=494.5 * _T, fp32=67 * _T)),
+    (r"A100", dict(bf16=312 * _T, fp16=312 * _T, tf32=156 * _T, fp32=19.5 * _T)),
+    (r"A10G?$", dict(bf16=125 * _T, fp16=125 * _T, tf32=62.5 * _T, fp32=31.2 * _T)),
+    (r"L40S", dict(bf16=366.5 * _T, fp16=366.5 * _T, tf32=183 * _T, fp32=91.6 * _T)),
+    (r"\bL4$", dict(bf16=121 * _T, fp16=121 * _T, tf32=60 * _T, fp32=30.3 * _T)),
+    (r"\bT4$", dict(fp16=65 * _T, fp32=8.1 * _T)),
+    (r"V100S", dict(fp16=130 * _T, fp32=16.4 * _T)),
+    (r"V100-SXM", dict(fp16=125 * _T, fp32=15.7 * _T)),
+    (r"V100", dict(fp16=112 * _T, fp32=14 * _T)),
+    (r"RTX 4090$", dict(bf16=165.2 * _T, fp16=165.2 * _T, tf32=82.6 * _T, fp32=82.6 * _T)),
+    (r"RTX 3090$", dict(bf16=71 * _T, fp16=71 * _T, tf32=35.6 * _T, fp32=35.6 * _T)),
+)
+
+
+def peak_flops(device_name: str, dtype: torch.dtype, tf32: bool = False) -> float | None:
+    """Peak dense FLOP/s of a known GPU for ``dtype`` (float32 counts as TF32 if ``tf32``), else None."""
+    key = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "tf32" if tf32 else "fp32")
+    for pattern, peaks in GPU_PEAK_FLOPS:
+        if re.search(pattern, device_name.strip()):
+            return peaks.get(key)
+    return None
+
+
+# --- the runtime: every decision about where and how a run executes, made once ------------------
+@dataclass(frozen=True)
+class Runtime:
+    """What :func:`runtime` decided: the device, the precision policy, and this process's place.
+
+    ``rank`` and ``world_size`` describe a ``torchrun`` launch (0 and 1 for a single process).
+    """
+
+    device: torch.device
+    precision: Precision
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def peak_flops(self) -> float | None:
+        """This GPU's dense peak for the precision in use (None on CPU, MPS or an unknown GPU)."""
+        if self.device.type != "cuda":
+            return None
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        return peak_flops(torch.cuda.get_device_name(self.device), self.precision.dtype, tf32)
+
+
+def runtime(device: str | torch.device | None = None, precision: str | None = None,
+            tf32: bool = True) -> Runtime:
+    """Decide device, precision policy, TF32 and the distributed setup, once (chapter 4).
+
+    - ``device``: as :func:`best_device` (``None``: ``LMLIB_DEVICE`` or the best available). Under
+      ``torchrun`` with several processes, a bare ``cuda`` becomes ``cuda:<LOCAL_RANK>`` and the
+      process group is started (NCCL on CUDA, else Gloo).
+    - ``precision``: ``fp32``/``bf16``/``fp16``, else ``LMLIB_PRECISION``, else the hardware policy
+      of :func:`choose_precision`.
+    - ``tf32``: on CUDA, let the float32 matmuls that autocast leaves use TF32 tensor cores
+      (``torch.set_float32_matmul_precision("high")``, a process-wide setting); ``False`` keeps
+      them exact. On CPU and MPS float32 is always exact.
+    """
+    rank, world_size, local_rank = _distributed()
+    chosen = best_device(None if device is None else str(device))
+    if chosen.type == "cuda":
+        if world_size > 1 and chosen.index is None:
+            chosen = torch.device("cuda", local_rank)
+        torch.cuda.set_device(chosen)
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")
+        torch.backends.cudnn.allow_tf32 = tf32
+    capability = torch.cuda.get_device_capability(chosen) if chosen.type == "cuda" else None
+    request = precision or os.environ.get("LMLIB_PRECISION") or None
+    return Runtime(chosen, choose_precision(chosen.type, capability, request), rank, world_size)
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank); starts the process group when launched by ``torchrun``."""
+    if not dist.is_available():
+        return 0, 1, 0
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+    return 0, 1, 0
+
+
+# --- a model's device and mode -------------------------------------------------------------------
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (or buffer); the CPU for a module with neither."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """Run the body with ``model.eval()`` (no dropout), then give the model back its old mode.
+
+    Measurements (generation, scoring, probes) must not change a model that is being trained, so
+    every such function in the course wraps its work in this context manager. Objects without
+    ``.training`` (a plain function that maps ids to logits) pass through unchanged.
+    """
+    was_training = getattr(model, "training", None)
+    if was_training is not None:
+        model.eval()
+    try:
+        yield model
+    finally:
+        if was_training is not None:
+            model.train(was_training)
+
+
 def seed_everything(seed: int = 0) -> torch.Generator:
     """Seed Python, NumPy and PyTorch (all devices); returns a CPU generator seeded the same way.
 
@@ -158,25 +309,6 @@ def seed_everything(seed: int = 0) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA and MPS device
     return torch.Generator().manual_seed(seed)
-
-
-def scale() -> str:
-    """The scale preset: ``LMLIB_SCALE`` if set, else ``gpu`` with CUDA present, else ``cpu``."""
-    value = os.environ.get("LMLIB_SCALE")
-    if not value:
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    value = value.strip().lower()
-    if value not in SCALES:
-        raise ValueError(f"LMLIB_SCALE={value!r} is not a scale preset: use one of {', '.join(SCALES)}.")
-    return value
-
-
-def scaled(*, smoke: T, cpu: T, gpu: T) -> T:
-    """Pick the value for the current scale preset, e.g. ``steps = scaled(smoke=20, cpu=2000, gpu=5000)``.
-
-    A preset changes sizes and step counts, never the code path.
-    """
-    return {"smoke": smoke, "cpu": cpu, "gpu": gpu}[scale()]
 
 
 def describe(device: torch.device | None = None) -> str:

@@ -20,7 +20,7 @@ JsonlReport, read_jsonl(name, file, required) -> (rows, report)     counts malfo
 load_self_instruct() / load_gsm8k(split) / load_preferences()
 extract_answer(text) -> str | None             the number after '####', normalised
 normalize_number(text) -> str | None
-exact_match(predictions, references) -> float
+answer_accuracy(predictions, references) -> float   share of extracted answers equal to the reference
 sequence_logprob(model, x, y) -> (B,)          summed log-probabilities of the non-ignored targets
 dpo_loss(pol_chosen, pol_rejected, ref_chosen, ref_rejected, beta) -> (loss, reward margins)
 """
@@ -45,7 +45,7 @@ Example = tuple[Tensor, Tensor]
 __all__ = [
     "IGNORE_INDEX", "PromptTemplate", "sft_targets", "encode_example", "pad_examples", "sft_batches",
     "respond", "JsonlReport", "read_jsonl", "load_self_instruct", "load_gsm8k", "load_preferences",
-    "split_dialogue", "extract_answer", "normalize_number", "exact_match", "sequence_logprob",
+    "split_dialogue", "extract_answer", "normalize_number", "answer_accuracy", "sequence_logprob",
     "dpo_loss",
 ]
 
@@ -337,12 +337,12 @@ def extract_answer(text: str) -> str | None:
     return normalize_number(text.rsplit("####", 1)[1])
 
 
-def exact_match(predictions: Sequence[str | None], references: Sequence[str | None]) -> float:
+def answer_accuracy(predictions: Sequence[str | None], references: Sequence[str | None]) -> float:
     """Fraction of predictions equal to their reference; a missing (None) prediction is wrong."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")
     if not references:
-        raise ValueError("exact_match needs at least one reference.")
+        raise ValueError("answer_accuracy needs at least one reference.")
     if any(r is None for r in references):
         raise ValueError("a reference answer is None: drop the examples whose answer could not be extracted.")
     return sum(p is not None and p == r for p, r in zip(predictions, references)) / len(references)

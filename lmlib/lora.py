@@ -19,7 +19,6 @@ apply_lora(model, targets=("q_proj", "v_proj"), r=8, alpha=None, dropout=0.0) ->
     replaces the named linear layers (in place) and freezes every other parameter
 lora_layers(model) -> dict[name, LoRALinear]
 merge_lora(model) / unmerge_lora(model) -> number of layers changed
-count_parameters(model) -> (trainable, total)
 lora_state_dict(model) -> only the A and B tensors (a small adapter file)
 load_lora_state_dict(model, state) -> None
 LINEAR_NAMES: the names of GPT's linear layers that ``targets`` may use
@@ -36,7 +35,7 @@ Tensor = torch.Tensor
 
 __all__ = [
     "lora_forward", "LoRALinear", "apply_lora", "lora_layers", "merge_lora", "unmerge_lora",
-    "count_parameters", "lora_state_dict", "load_lora_state_dict", "LINEAR_NAMES",
+    "lora_state_dict", "load_lora_state_dict", "LINEAR_NAMES",
 ]
 
 #: The linear layers of :class:`lmlib.model.GPT` by their last name: attention projections,
@@ -218,12 +217,6 @@ def unmerge_lora(model: nn.Module) -> int:
     for layer in layers:
         layer.unmerge()
     return len(layers)
-
-
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts; a shared (tied) tensor is counted once."""
-    params = list(model.parameters())  # lists a shared (tied) tensor once
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, Tensor]:

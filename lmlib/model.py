@@ -27,6 +27,7 @@ GPT(config)
     num_params(non_embedding=False) -> int
     flops_per_token(seq_len=None, backward=True) -> int  (training FLOPs per token by default)
 count_params(config, non_embedding=False) -> int        the same count from the formula alone
+num_params(module, trainable_only=False) -> int         the parameters of any module (shared ones once)
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ from lmlib.attention import KVCache, LearnedPositions, MultiHeadAttention, Rotar
 
 Tensor = torch.Tensor
 
-__all__ = ["LayerNorm", "RMSNorm", "MLP", "SwiGLU", "Block", "GPTConfig", "GPT", "count_params"]
+__all__ = ["LayerNorm", "RMSNorm", "MLP", "SwiGLU", "Block", "GPTConfig", "GPT", "count_params", "num_params"]
 
 
 # --- normalisation ------------------------------------------------------------------------------
@@ -339,7 +340,7 @@ class GPT(nn.Module):
         ``non_embedding=True`` leaves out the token and position tables (the count scaling laws
         use); an untied output head is a matrix multiply and stays in.
         """
-        n = sum(p.numel() for p in self.parameters())
+        n = num_params(self)
         if non_embedding:
             n -= self.wte.weight.numel()
             if self.wpe is not None:
@@ -375,3 +376,12 @@ def count_params(config: GPTConfig, non_embedding: bool = False) -> int:
     head = 0 if config.tie_weights else V * d
     total = embed + L * (attn + mlp + 2 * norm) + norm + head
     return total - embed if non_embedding else total
+
+
+def num_params(module: nn.Module, trainable_only: bool = False) -> int:
+    """The parameters of any module, a shared (tied) tensor counted once; the course's one counter.
+
+    ``trainable_only`` counts only those with ``requires_grad`` (what fine-tuning with frozen
+    layers or LoRA actually trains).
+    """
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

@@ -9,19 +9,21 @@ the id of its first n - 1 words: the keys are exact (no hashing collisions, sinc
 dense), and one ``torch.unique`` per order counts everything. Looking up n-grams of new text is a
 ``torch.searchsorted`` in the sorted keys.
 
-Unknown words: :class:`Vocab` maps every word it has not seen to ``<unk>`` (WikiText-2 already
-replaced rare words by ``<unk>``, so its validation and test text have no new words); pass
-``unknown="error"`` to :meth:`Vocab.encode` to raise instead.
+Words become ids with the course's word vocabulary, :class:`lmlib.tokenizers.Vocab`, which maps
+every word it has not seen to ``<unk>`` (WikiText-2 already replaced rare words by ``<unk>``, so
+its validation and test text have no new words); pass ``unknown="error"`` to
+:meth:`lmlib.tokenizers.Vocab.encode` to raise instead.
 """
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-UNK = "<unk>"
+from lmlib.data import read_text
+from lmlib.metrics import perplexity
+
 EOS = "<eos>"
 
 
@@ -31,8 +33,6 @@ def wikitext_words(split: str = "train", max_lines: int | None = None) -> list[s
     That is the convention of the PyTorch word-language-model example and of the published token
     counts (2,088,628 training tokens). ``max_lines`` keeps only the first lines (for quick runs).
     """
-    from lmlib.data import read_text
-
     if split not in ("train", "valid", "test"):
         raise ValueError(f"split must be 'train', 'valid' or 'test', got {split!r}.")
     if max_lines is not None and max_lines < 1:
@@ -41,50 +41,6 @@ def wikitext_words(split: str = "train", max_lines: int | None = None) -> list[s
     if lines and lines[-1] == "":
         lines.pop()  # the file ends with a newline: no line after it
     return [w for line in lines[:max_lines] for w in line.split() + [EOS]]
-
-
-class Vocab:
-    """Words to integer ids and back, most frequent word first; unknown words map to ``<unk>``."""
-
-    def __init__(self, words: Sequence[str]):
-        if len(words) != len(set(words)):
-            raise ValueError("Vocab words must be distinct.")
-        self.itos = list(words)
-        if UNK not in self.itos:
-            self.itos.append(UNK)  # the documented policy: every vocabulary can encode new words
-        self.stoi = {w: i for i, w in enumerate(self.itos)}
-        self.unk = self.stoi[UNK]
-
-    @classmethod
-    def from_words(cls, words: Iterable[str], min_count: int = 1) -> Vocab:
-        """Every word that occurs at least ``min_count`` times, most frequent first."""
-        counts = Counter(words)
-        if not counts:
-            raise ValueError("Cannot build a vocabulary from an empty corpus: pass some words.")
-        return cls([w for w, c in counts.most_common() if c >= min_count])
-
-    def __len__(self) -> int:
-        return len(self.itos)
-
-    def __repr__(self) -> str:
-        return f"Vocab({len(self):,} words, unk id {self.unk})"
-
-    def encode(self, words: Sequence[str], unknown: str = "unk") -> torch.Tensor:
-        """Word ids as a 1-D int64 tensor; ``unknown`` is ``"unk"`` (map to ``<unk>``) or ``"error"``."""
-        if unknown == "error":
-            missing = [w for w in dict.fromkeys(words) if w not in self.stoi]
-            if missing:
-                raise KeyError(
-                    f"{len(missing)} word(s) are not in the vocabulary, e.g. {missing[:5]}; "
-                    "build the vocabulary from this text or use unknown='unk' to map them to <unk>."
-                )
-        elif unknown != "unk":
-            raise ValueError(f"unknown must be 'unk' or 'error', got {unknown!r}.")
-        get, unk = self.stoi.get, self.unk
-        return torch.tensor([get(w, unk) for w in words], dtype=torch.int64)
-
-    def decode(self, ids: Iterable[int]) -> list[str]:
-        return [self.itos[int(i)] for i in ids]
 
 
 def _check_ids(ids: torch.Tensor, vocab_size: int, what: str) -> torch.Tensor:
@@ -310,8 +266,6 @@ class NGramLM:
 
     def perplexity(self, ids: torch.Tensor) -> float:
         """Perplexity on a token stream (see :func:`lmlib.metrics.perplexity`)."""
-        from lmlib.metrics import perplexity
-
         return perplexity(self.target_probs(ids))
 
     def next_token_probs(self, history: Sequence[int] | torch.Tensor) -> torch.Tensor:

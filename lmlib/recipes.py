@@ -14,7 +14,7 @@ learning rate reach the same loss in about a third of the time.
 """
 from __future__ import annotations
 
-from lmlib.device import scaled
+from lmlib.presets import scaled
 from lmlib.model import GPTConfig
 from lmlib.train import TrainConfig
 

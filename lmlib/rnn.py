@@ -107,11 +107,6 @@ class RNNLM(nn.Module):
         return -self.target_log_probs(h, targets).mean(), state
 
 
-def num_parameters(model: nn.Module) -> int:
-    """Trainable parameters (a shared matrix counts once)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def detach_state(state: State | None) -> State | None:
     """Cut the graph between BPTT windows: keep the state's values, forget how they were computed."""
     if state is None:

@@ -28,8 +28,9 @@ Seq2Seq(config)
 greedy_decode(model, src, max_new_tokens=None) -> list[list[int]]        (EOS, BOS stripped)
 beam_search(model, src, beam_size=4, length_penalty=1.0, max_new_tokens=None)
     -> (list[list[int]], list[float])
-Vocab(words, specials)          word-level vocabulary with <pad> <bos> <eos> <unk> = 0 1 2 3
-    .from_sentences(token lists, min_count=1, max_size=None), .encode(tokens), .decode(ids)
+SPECIALS; PAD, BOS, EOS, UNK = 0, 1, 2, 3
+translation_vocab(sentences, min_count=1, max_size=None) -> lmlib.tokenizers.Vocab
+target_words(vocab, ids) -> list[str]          stop at <eos>, skip <pad> and <bos>
 normalize(text), tokenize(text), detokenize(tokens)
 read_pairs(lines) -> (pairs, PairReport)   load_pairs(max_lines=None) -> (pairs, PairReport)   ("fra-eng")
 group_split(pairs, fractions, seed) -> (train, val, test)   no sentence shared across splits
@@ -40,7 +41,6 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -51,11 +51,12 @@ import torch.nn.functional as F
 from lmlib.attention import LearnedPositions
 from lmlib.data import RowReport, pad_right
 from lmlib.model import Block, GPTConfig, _norm
+from lmlib.tokenizers import Vocab
 
 Tensor = torch.Tensor
 
 __all__ = [
-    "Seq2SeqConfig", "Seq2Seq", "greedy_decode", "beam_search", "Vocab", "normalize", "tokenize",
+    "Seq2SeqConfig", "Seq2Seq", "greedy_decode", "beam_search", "SPECIALS", "PAD", "BOS", "EOS", "UNK", "translation_vocab", "target_words", "normalize", "tokenize",
     "detokenize", "PairReport", "read_pairs", "load_pairs", "group_split", "pad_batch", "pair_batches",
 ]
 
@@ -435,54 +436,26 @@ def detokenize(tokens: Iterable[str]) -> str:
     return re.sub(r" ([.,])", r"\1", text)
 
 
-class Vocab:
-    """A word-level vocabulary with the special tokens first: <pad>=0, <bos>=1, <eos>=2, <unk>=3."""
+#: The translation vocabularies' special tokens and their ids.
+SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
+PAD, BOS, EOS, UNK = 0, 1, 2, 3
 
-    SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
-    PAD, BOS, EOS, UNK = 0, 1, 2, 3
 
-    def __init__(self, words: Iterable[str]) -> None:
-        words = list(words)
-        clash = set(words) & set(self.SPECIALS)
-        if clash:
-            raise ValueError(f"{sorted(clash)} are reserved for the special tokens; remove them from words.")
-        self.itos = list(self.SPECIALS) + words
-        self.stoi = {w: i for i, w in enumerate(self.itos)}
-        if len(self.stoi) != len(self.itos):
-            raise ValueError("words holds duplicates; pass each word once.")
+def translation_vocab(sentences: Iterable[Sequence[str]], min_count: int = 1,
+                      max_size: int | None = None) -> Vocab:
+    """A :class:`lmlib.tokenizers.Vocab` of tokenized sentences with <pad>=0, <bos>=1, <eos>=2, <unk>=3."""
+    return Vocab.from_words((w for s in sentences for w in s), min_count, max_size, SPECIALS, "<unk>")
 
-    @classmethod
-    def from_sentences(cls, sentences: Iterable[Sequence[str]], min_count: int = 1,
-                       max_size: int | None = None) -> "Vocab":
-        """Words seen at least ``min_count`` times, most frequent first (ties alphabetically)."""
-        if min_count < 1 or (max_size is not None and max_size < 1):
-            raise ValueError(f"min_count and max_size must be >= 1, got {min_count} and {max_size}.")
-        counts = Counter(w for s in sentences for w in s)
-        words = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
-        return cls(words[:max_size])
 
-    def __len__(self) -> int:
-        return len(self.itos)
-
-    def encode(self, tokens: Sequence[str], eos: bool = False) -> list[int]:
-        ids = [self.stoi.get(w, self.UNK) for w in tokens]
-        return ids + [self.EOS] if eos else ids
-
-    def decode(self, ids: Iterable[int]) -> list[str]:
-        """Tokens for ``ids``, stopping at <eos> and skipping <pad> and <bos>."""
-        out = []
-        for i in ids:
-            i = int(i)
-            if not 0 <= i < len(self.itos):
-                raise ValueError(f"id {i} is outside the vocabulary (size {len(self.itos)}).")
-            if i == self.EOS:
-                break
-            if i not in (self.PAD, self.BOS):
-                out.append(self.itos[i])
-        return out
-
-    def __repr__(self) -> str:
-        return f"Vocab(size={len(self)})"
+def target_words(vocab: Vocab, ids: Iterable[int]) -> list[str]:
+    """The words of a decoded target: stop at <eos>, skip <pad> and <bos>."""
+    out = []
+    for word in vocab.decode(ids):
+        if word == "<eos>":
+            break
+        if word not in ("<pad>", "<bos>"):
+            out.append(word)
+    return out
 
 
 # --- the English-French pairs -------------------------------------------------------------------

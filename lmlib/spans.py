@@ -3,7 +3,7 @@
 Derived in chapter 5 ("Applications", notebook 04, token-level and span tasks). A classifier
 gives one label per text; here the model labels every word (NER, with BIO tags) or points at a
 span of its input (SQuAD-style question answering). Both heads sit on the hidden states of an
-:class:`lmlib.model.GPT` (:func:`lmlib.finetune.hidden_states`). A decoder-only GPT is causal:
+:class:`lmlib.model.GPT` (:func:`lmlib.classify.hidden_states`). A decoder-only GPT is causal:
 position t sees only positions <= t. Everything below is built with that in mind (labels on
 sub-words, the question placed *before* the context).
 

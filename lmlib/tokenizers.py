@@ -1,7 +1,21 @@
 """Tokenizers: text to integer ids and back.
 
-The character tokenizer is derived in chapter 1 ("What a language model is"); chapter 4
-("Tokenization") adds a word tokenizer and a byte-level BPE written from scratch.
+The character tokenizer and the word vocabulary are derived in chapter 1 ("What a language
+model is", "N-gram models"); chapter 4 ("Tokenization") adds a word tokenizer and a byte-level BPE
+written from scratch; chapter 5's translation model uses the word vocabulary with its own special
+tokens.
+
+API summary
+-----------
+CharTokenizer(chars)                           .from_text(text) .encode(text) .decode(ids) .vocab_size
+Vocab(words, specials=("<unk>",), unk="<unk>")  words to ids and back, the special tokens first
+    .from_words(words, min_count=1, max_size=None, specials=("<unk>",), unk="<unk>")
+    .encode(words, unknown="unk") -> Tensor  .encode_list(words, unknown="unk") -> list[int]
+    .decode(ids) -> list[str]  .itos  .stoi  .unk  .vocab_size
+pretokenize(text) -> list[str]                 GPT-2-style pieces: words with their leading space
+WordTokenizer(words)                           .from_text(text, max_vocab=None) .encode(text) .decode(ids)
+merge_pair(ids, pair, new_id) -> list[int]
+ByteBPE                                        .train(text, vocab_size, special_tokens=()) .encode .decode ...
 """
 from __future__ import annotations
 
@@ -9,7 +23,7 @@ import heapq
 import json
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -57,6 +71,90 @@ class CharTokenizer:
 
 # --- Chapter 4: words and byte-level BPE ---------------------------------------------------------
 
+UNK = "<unk>"
+
+
+class Vocab:
+    """Words to integer ids and back: the special tokens first, then the words, most frequent first.
+
+    A word outside the vocabulary maps to the ``unk`` special (or raises, with
+    ``unknown="error"``). Chapter 1 builds one over WikiText-2 for the n-gram and recurrent models,
+    :class:`WordTokenizer` wraps one, and chapter 5's translation model adds ``<pad>``, ``<bos>``
+    and ``<eos>`` as specials (:func:`lmlib.seq2seq.translation_vocab`).
+    """
+
+    def __init__(self, words: Iterable[str], specials: Sequence[str] = (UNK,), unk: str = UNK):
+        words, specials = list(words), tuple(specials)
+        if unk not in specials:
+            raise ValueError(f"unk={unk!r} must be one of the specials {specials}.")
+        clash = set(words) & set(specials)
+        if clash:
+            raise ValueError(f"{sorted(clash)} are reserved for the special tokens; remove them from words.")
+        self.specials = specials
+        self.itos = list(specials) + words
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+        if len(self.stoi) != len(self.itos):
+            raise ValueError("Vocab words must be distinct: pass each word once.")
+        self.unk = self.stoi[unk]
+
+    @classmethod
+    def from_words(cls, words: Iterable[str], min_count: int = 1, max_size: int | None = None,
+                   specials: Sequence[str] = (UNK,), unk: str = UNK) -> Vocab:
+        """The words seen at least ``min_count`` times, most frequent first (ties alphabetically).
+
+        ``max_size`` caps the number of words (the specials come on top). A special that occurs in
+        the text (WikiText-2 writes ``<unk>`` for its rare words) keeps its special id.
+        """
+        if min_count < 1 or (max_size is not None and max_size < 1):
+            raise ValueError(f"min_count and max_size must be >= 1, got {min_count} and {max_size}.")
+        counts = Counter(words)
+        if not counts:
+            raise ValueError("Cannot build a vocabulary from an empty corpus: pass some words.")
+        for special in specials:
+            counts.pop(special, None)
+        kept = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
+        return cls(kept[:max_size], specials, unk)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.itos)
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def __repr__(self) -> str:
+        return f"Vocab({len(self):,} entries, specials {list(self.specials)})"
+
+    def encode_list(self, words: Sequence[str], unknown: str = "unk") -> list[int]:
+        """Word ids as a list; ``unknown`` is ``"unk"`` (map to the unk id) or ``"error"``."""
+        if unknown == "error":
+            missing = [w for w in dict.fromkeys(words) if w not in self.stoi]
+            if missing:
+                raise KeyError(
+                    f"{len(missing)} word(s) are not in the vocabulary, e.g. {missing[:5]}; "
+                    "build the vocabulary from this text or use unknown='unk' to map them to <unk>."
+                )
+        elif unknown != "unk":
+            raise ValueError(f"unknown must be 'unk' or 'error', got {unknown!r}.")
+        get, unk = self.stoi.get, self.unk
+        return [get(w, unk) for w in words]
+
+    def encode(self, words: Sequence[str], unknown: str = "unk") -> torch.Tensor:
+        """Word ids as a 1-D int64 tensor (like the other tokenizers); see :meth:`encode_list`."""
+        return torch.tensor(self.encode_list(words, unknown), dtype=torch.int64)
+
+    def decode(self, ids: Iterable[int] | torch.Tensor) -> list[str]:
+        """The words of ``ids`` (special tokens included, as they are)."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        out = []
+        for i in ids:
+            if not 0 <= int(i) < len(self.itos):
+                raise ValueError(f"id {int(i)} is outside the vocabulary (size {len(self.itos)}).")
+            out.append(self.itos[int(i)])
+        return out
+
+
 #: Pre-tokenization in the style of GPT-2, written for Python's standard ``re``: English
 #: contractions, then runs of letters, of digits, or of other symbols (each may carry one leading
 #: space), then whitespace. A merge never crosses a piece boundary, so " the" and "the," stay
@@ -77,11 +175,11 @@ class WordTokenizer:
     so rare and unseen pieces become ``<unk>`` and decoding loses them.
     """
 
-    UNK = "<unk>"
+    UNK = UNK
 
     def __init__(self, words: Iterable[str]):
-        self.words = [self.UNK] + sorted(set(words) - {self.UNK})
-        self.stoi = {w: i for i, w in enumerate(self.words)}
+        self.vocab = Vocab(sorted(set(words) - {UNK}))  # <unk> is id 0
+        self.words, self.stoi = self.vocab.itos, self.vocab.stoi
 
     @classmethod
     def from_text(cls, text: str, max_vocab: int | None = None) -> "WordTokenizer":
@@ -96,15 +194,10 @@ class WordTokenizer:
         return len(self.words)
 
     def encode(self, text: str) -> torch.Tensor:
-        return torch.tensor([self.stoi.get(w, 0) for w in pretokenize(text)], dtype=torch.long)
+        return self.vocab.encode(pretokenize(text))
 
     def decode(self, ids: Iterable[int] | torch.Tensor) -> str:
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"Ids {bad[:5]} are outside the vocabulary (size {self.vocab_size}).")
-        return "".join(self.words[i] for i in ids)
+        return "".join(self.vocab.decode(ids))
 
     def __repr__(self) -> str:
         return f"WordTokenizer(vocab_size={self.vocab_size})"

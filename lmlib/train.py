@@ -14,9 +14,9 @@ each time it is created).
 
 API::
 
-    TrainConfig(max_steps=1000, lr=3e-4, min_lr=None, warmup_steps=100, weight_decay=0.1,
+    TrainConfig(max_steps=1000, lr=3e-4, min_lr=None, warmup_steps=None, weight_decay=0.1,
                 betas=(0.9, 0.95), eps=1e-8, grad_clip=1.0, grad_accum_steps=1, eval_every=250,
-                eval_steps=20, log_every=10, checkpoint_every=None, checkpoint_dir=None,
+                eval_steps=20, log_every=None, checkpoint_every=None, checkpoint_dir=None,
                 keep_last=3, compile=False, precision=None, device=None, seed=0, progress=True)
     Trainer(model, config, train_batches, val_batches=None, flops_per_token=None)
         .fit() -> History            # resumes from .step; Ctrl-C saves a checkpoint and returns
@@ -24,14 +24,13 @@ API::
         .save_checkpoint() -> Path | None
         .load_checkpoint(path=None)  # None: the newest under config.checkpoint_dir
         .step, .history, .model (wrapped), .raw_model, .optimizer, .scheduler, .scaler,
-        .precision, .device, .rank, .world_size
+        .runtime, .precision, .device, .rank, .world_size
     History(step, train_loss, lr, tokens_per_s, mfu, val_step, val_loss, interrupted)
     plot_history(history, axes=None) -> axes
     param_groups(model, weight_decay) -> list[dict]   # "decay" and "no_decay", with names
     lr_at(step, lr, min_lr, warmup_steps, max_steps) -> float
     token_batches(tokens, block_size, batch_size) -> batch_fn
     lm_loss(logits, targets) -> Tensor
-    peak_flops(device_name, dtype, tf32=False) -> float | None
     data_seed(seed, rank) -> int
 """
 from __future__ import annotations
@@ -39,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -51,18 +49,20 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
 
 from lmlib import checkpoint as ckpt
 from lmlib.checkpoint import CheckpointError
 from lmlib.data import random_windows
-from lmlib.device import PRECISIONS, Precision, best_device, choose_precision, precision_for
+from lmlib.device import PRECISIONS, Precision, Runtime, runtime
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 BatchFn = Callable[[torch.Generator], Batch]
 
 __all__ = [
     "TrainConfig", "Trainer", "History", "plot_history", "param_groups", "lr_at", "token_batches",
-    "lm_loss", "peak_flops", "data_seed", "CheckpointError", "GPU_PEAK_FLOPS",
+    "lm_loss", "data_seed", "CheckpointError",
 ]
 
 
@@ -71,7 +71,8 @@ __all__ = [
 class TrainConfig:
     """Every knob of a run, checked when the config is built (a typo fails before training starts).
 
-    ``min_lr`` defaults to ``lr / 10``. ``eval_every=None`` evaluates only at the end;
+    Defaults are relative to the run: ``min_lr`` is ``lr / 10``, ``warmup_steps`` is a tenth of
+    the run capped at 100 steps, ``log_every`` gives about 20 log points. ``eval_every=None`` evaluates only at the end;
     ``checkpoint_every`` needs ``checkpoint_dir`` (a final checkpoint is written whenever
     ``checkpoint_dir`` is set). ``precision`` (``fp32``/``bf16``/``fp16``) overrides the
     :mod:`lmlib.device` policy; ``device`` overrides :func:`lmlib.device.best_device`.
@@ -80,7 +81,7 @@ class TrainConfig:
     max_steps: int = 1000
     lr: float = 3e-4
     min_lr: float | None = None
-    warmup_steps: int = 100
+    warmup_steps: int | None = None
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
@@ -88,7 +89,7 @@ class TrainConfig:
     grad_accum_steps: int = 1
     eval_every: int | None = 250
     eval_steps: int = 20
-    log_every: int = 10
+    log_every: int | None = None
     checkpoint_every: int | None = None
     checkpoint_dir: str | Path | None = None
     keep_last: int | None = 3
@@ -108,6 +109,11 @@ class TrainConfig:
         def is_num(v) -> bool:
             return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(v)
 
+        if is_int(self.max_steps) and self.max_steps >= 1:
+            if self.warmup_steps is None:
+                self.warmup_steps = min(100, self.max_steps // 10)
+            if self.log_every is None:
+                self.log_every = max(1, self.max_steps // 20)
         for name in ("max_steps", "grad_accum_steps", "eval_steps", "log_every"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise bad(name, "must be a whole number >= 1")
@@ -263,50 +269,6 @@ def data_seed(seed: int, rank: int) -> int:
     return seed * 1_000_003 + rank
 
 
-# ----------------------------------------------------------------------------- MFU
-# Dense (no 2:4 sparsity) peak tensor-core throughput in FLOP/s, from NVIDIA's data sheets and
-# architecture whitepapers; data sheets often print the sparse figure, which is twice these.
-#   A100: nvidia.com A100 data sheet (BF16/FP16 312, TF32 156, FP32 19.5 TFLOPS).
-#   H100 SXM / PCIe / NVL: H100 data sheet (BF16 1979/1513/1671 sparse; TF32 989/756/835 sparse;
-#     FP32 67/51/60). H200 and H200 NVL: H200 data sheet (same compute as H100 SXM / H100 NVL).
-#   L4: L4 data sheet (BF16/FP16 242 and TF32 120 sparse; FP32 30.3).
-#   L40S: L40S data sheet (BF16/FP16 733 and TF32 366 sparse; FP32 91.6).
-#   A10: A10 data sheet (BF16/FP16 125, TF32 62.5 dense; FP32 31.2). AWS's A10G has no NVIDIA
-#     data sheet; it is an A10 variant and the A10 figures are used as its (upper-bound) peak.
-#   T4: T4 data sheet (FP16 mixed precision 65, FP32 8.1; no bf16 or tf32 tensor cores).
-#   V100 SXM2 / PCIe / V100S: V100 data sheet (tensor 125/112/130, FP32 15.7/14/16.4).
-#   RTX 3090 / 4090: NVIDIA Ampere GA102 and Ada Lovelace whitepapers, FP16/BF16 tensor with
-#     FP32 accumulate (what autocast uses): 71 and 165.2; TF32 35.6 and 82.6; FP32 35.6 and 82.6.
-# Patterns are matched in order against torch.cuda.get_device_name(), most specific first.
-_T = 1e12
-GPU_PEAK_FLOPS: tuple[tuple[str, dict[str, float]], ...] = (
-    (r"H200 NVL", dict(bf16=835.5 * _T, fp16=835.5 * _T, tf32=417.5 * _T, fp32=60 * _T)),
-    (r"H200", dict(bf16=989.5 * _T, fp16=989.5 * _T, tf32=494.5 * _T, fp32=67 * _T)),
-    (r"H100 NVL", dict(bf16=835.5 * _T, fp16=835.5 * _T, tf32=417.5 * _T, fp32=60 * _T)),
-    (r"H100 PCIe", dict(bf16=756.5 * _T, fp16=756.5 * _T, tf32=378 * _T, fp32=51 * _T)),
-    (r"H100", dict(bf16=989.5 * _T, fp16=989.5 * _T, tf32=494.5 * _T, fp32=67 * _T)),
-    (r"A100", dict(bf16=312 * _T, fp16=312 * _T, tf32=156 * _T, fp32=19.5 * _T)),
-    (r"A10G?$", dict(bf16=125 * _T, fp16=125 * _T, tf32=62.5 * _T, fp32=31.2 * _T)),
-    (r"L40S", dict(bf16=366.5 * _T, fp16=366.5 * _T, tf32=183 * _T, fp32=91.6 * _T)),
-    (r"\bL4$", dict(bf16=121 * _T, fp16=121 * _T, tf32=60 * _T, fp32=30.3 * _T)),
-    (r"\bT4$", dict(fp16=65 * _T, fp32=8.1 * _T)),
-    (r"V100S", dict(fp16=130 * _T, fp32=16.4 * _T)),
-    (r"V100-SXM", dict(fp16=125 * _T, fp32=15.7 * _T)),
-    (r"V100", dict(fp16=112 * _T, fp32=14 * _T)),
-    (r"RTX 4090$", dict(bf16=165.2 * _T, fp16=165.2 * _T, tf32=82.6 * _T, fp32=82.6 * _T)),
-    (r"RTX 3090$", dict(bf16=71 * _T, fp16=71 * _T, tf32=35.6 * _T, fp32=35.6 * _T)),
-)
-
-
-def peak_flops(device_name: str, dtype: torch.dtype, tf32: bool = False) -> float | None:
-    """Peak dense FLOP/s of a known GPU for ``dtype`` (float32 counts as TF32 if ``tf32``), else None."""
-    key = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "tf32" if tf32 else "fp32")
-    for pattern, peaks in GPU_PEAK_FLOPS:
-        if re.search(pattern, device_name.strip()):
-            return peaks.get(key)
-    return None
-
-
 # ----------------------------------------------------------------------------- history
 @dataclass
 class History:
@@ -327,6 +289,7 @@ class History:
 
 def plot_history(history: History, axes=None):
     """Loss curves (train and validation) and the learning-rate schedule, side by side."""
+    # Imported here, not at the top: a plain training run (a script, a benchmark) needs no matplotlib.
     import matplotlib.pyplot as plt
 
     from lmlib.plot import curves
@@ -339,18 +302,6 @@ def plot_history(history: History, axes=None):
     curves(series, ax=axes[0], title="loss", ylabel="cross-entropy (nats)")
     curves({"lr": (history.step, history.lr)}, ax=axes[1], title="learning rate", ylabel="lr")
     return axes
-
-
-# ----------------------------------------------------------------------------- distributed
-def _distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank); starts the process group when launched by ``torchrun``."""
-    if not dist.is_available():
-        return 0, 1, 0
-    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
-    return 0, 1, 0
 
 
 class _DeferInterrupt:
@@ -415,18 +366,9 @@ class Trainer:
             if source is not None and not callable(source) and not isinstance(source, Iterable):
                 raise TypeError(f"{name} must be a function generator -> (x, y) or an iterable of (x, y).")
         self.config = config
-        self.rank, self.world_size, local_rank = _distributed()
-        self.device = best_device(config.device)
-        if self.device.type == "cuda" and self.world_size > 1 and self.device.index is None:
-            self.device = torch.device("cuda", local_rank)
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-            torch.set_float32_matmul_precision("high")  # TF32 for the float32 matmuls that remain
-        if config.precision is None:
-            self.precision: Precision = precision_for(self.device)
-        else:
-            cap = torch.cuda.get_device_capability(self.device) if self.device.type == "cuda" else None
-            self.precision = choose_precision(self.device.type, cap, config.precision)
+        self.runtime: Runtime = runtime(config.device, config.precision)
+        self.device, self.precision = self.runtime.device, self.runtime.precision
+        self.rank, self.world_size = self.runtime.rank, self.runtime.world_size
         torch.manual_seed(config.seed + self.rank)
 
         self.raw_model = model.to(self.device)
@@ -436,8 +378,6 @@ class Trainer:
         self.scaler = self.precision.make_grad_scaler()
         self.model = model
         if self.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(model, device_ids=ids)
         if config.compile:
@@ -453,10 +393,7 @@ class Trainer:
         self._checked_output = False
 
         self.flops_per_token = flops_per_token or 6 * sum(p.numel() for p in model.parameters())
-        self._peak = None
-        if self.device.type == "cuda":
-            name = torch.cuda.get_device_name(self.device)
-            self._peak = peak_flops(name, self.precision.dtype, torch.backends.cuda.matmul.allow_tf32)
+        self._peak = self.runtime.peak_flops
 
     @property
     def is_main(self) -> bool:
@@ -565,8 +502,6 @@ class Trainer:
         The first Ctrl-C finishes the current step, writes a checkpoint (if ``checkpoint_dir`` is
         set) and returns with ``history.interrupted = True``; calling ``fit()`` again continues.
         """
-        from tqdm.auto import tqdm
-
         cfg, h = self.config, self.history
         h.interrupted = False
         self.raw_model.train()

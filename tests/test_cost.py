@@ -4,6 +4,7 @@ import math
 import pytest
 
 from lmlib import cost, exercises
+from lmlib.model import count_params
 
 
 def test_gpt3_flops_match_the_published_total():
@@ -39,8 +40,11 @@ def test_gpu_hours_checker():
 
 def test_gpt2_small_shape_and_memory_by_hand():
     # GPT-2 small: 12 layers x 768, 124M parameters with the padded vocabulary and 1024 positions.
-    n = cost.gpt2_shape_params(12, 768)
-    assert n == 12 * 12 * 768**2 + 50304 * 768 + 1024 * 768 and round(n / 1e6) == 124
+    config = cost.gpt2_shape(12)
+    assert (config.n_layer, config.n_embd, config.n_head) == (12, 768, 12)
+    n = count_params(config)
+    # 12 L d^2 in the blocks, the two tables, and the biases and norms (13 d per layer, 2 d at the end)
+    assert n == 12 * 12 * 768**2 + 50304 * 768 + 1024 * 768 + 12 * 13 * 768 + 2 * 768 and round(n / 1e6) == 124
     need = cost.training_memory_bytes(n, 12, 768, tokens=8 * 1024, activation_bytes=150.0)
     assert need == 16 * n + 150.0 * 12 * 768 * 8192
 
@@ -49,7 +53,7 @@ def test_largest_gpt2_shape_is_the_last_that_fits():
     a = 152.8  # bytes per token x layer x width, as measured on the CPU (benchmarks/RESULTS.md)
     best = cost.largest_gpt2_shape(16e9, batch=8, block_size=1024, activation_bytes=a)
     assert (best["n_layer"], best["n_embd"]) == (12, 768) and best["bytes"] <= 0.9 * 16e9
-    bigger = cost.gpt2_shape_params(13, 832)
+    bigger = count_params(cost.gpt2_shape(13))
     assert cost.training_memory_bytes(bigger, 13, 832, 8 * 1024, a) > 0.9 * 16e9
     # fewer tokens per step leave room for a larger model; a tiny budget fits nothing
     assert cost.largest_gpt2_shape(16e9, batch=1, block_size=1024, activation_bytes=a)["n_layer"] > 12

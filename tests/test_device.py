@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from lmlib import device as dev
+from lmlib import presets
 
 
 @pytest.mark.parametrize(
@@ -83,18 +84,18 @@ def test_device_requests(monkeypatch):
 
 
 def test_scale_presets(monkeypatch):
-    for name in dev.SCALES:
+    for name in presets.SCALES:
         monkeypatch.setenv("LMLIB_SCALE", name)
-        assert dev.scale() == name
-        assert dev.scaled(smoke=1, cpu=2, gpu=3) == {"smoke": 1, "cpu": 2, "gpu": 3}[name]
+        assert presets.scale() == name
+        assert presets.scaled(smoke=1, cpu=2, gpu=3) == {"smoke": 1, "cpu": 2, "gpu": 3}[name]
     monkeypatch.setenv("LMLIB_SCALE", "huge")
     with pytest.raises(ValueError, match="smoke, cpu, gpu"):
-        dev.scale()
+        presets.scale()
     monkeypatch.delenv("LMLIB_SCALE")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert dev.scale() == "cpu"
+    assert presets.scale() == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert dev.scale() == "gpu"
+    assert presets.scale() == "gpu"
 
 
 def test_seed_everything_reproduces():
@@ -111,3 +112,57 @@ def test_report_names_device_precision_and_scale(capsys, monkeypatch):
     assert dev.report() == torch.device("cpu")
     out = capsys.readouterr().out
     assert "device: cpu" in out and "precision: fp32" in out and "scale: smoke" in out
+
+
+def test_peak_flops_table():
+    bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
+    assert dev.peak_flops("NVIDIA H100 80GB HBM3", bf16) == pytest.approx(989.5e12)
+    assert dev.peak_flops("NVIDIA H100 PCIe", bf16) == pytest.approx(756.5e12)
+    assert dev.peak_flops("NVIDIA H200", bf16) == pytest.approx(989.5e12)
+    assert dev.peak_flops("NVIDIA A100-SXM4-80GB", bf16) == pytest.approx(312e12)
+    assert dev.peak_flops("NVIDIA A100-SXM4-80GB", fp32, tf32=True) == pytest.approx(156e12)
+    assert dev.peak_flops("NVIDIA A100-SXM4-80GB", fp32) == pytest.approx(19.5e12)
+    assert dev.peak_flops("NVIDIA A10G", bf16) == pytest.approx(125e12)
+    assert dev.peak_flops("NVIDIA L4", bf16) == pytest.approx(121e12)
+    assert dev.peak_flops("NVIDIA L40S", bf16) == pytest.approx(366.5e12)
+    assert dev.peak_flops("Tesla T4", fp16) == pytest.approx(65e12)
+    assert dev.peak_flops("Tesla T4", bf16) is None  # no bf16 tensor cores
+    assert dev.peak_flops("Tesla V100-SXM2-16GB", fp16) == pytest.approx(125e12)
+    assert dev.peak_flops("Tesla V100-PCIE-32GB", fp16) == pytest.approx(112e12)
+    assert dev.peak_flops("NVIDIA GeForce RTX 4090", bf16) == pytest.approx(165.2e12)
+    assert dev.peak_flops("NVIDIA GeForce RTX 4090 Laptop GPU", bf16) is None  # a different chip
+    assert dev.peak_flops("NVIDIA GeForce RTX 3090", fp16) == pytest.approx(71e12)
+    assert dev.peak_flops("Some Future GPU", bf16) is None
+
+
+def test_runtime_decides_device_and_precision_once(monkeypatch):
+    monkeypatch.delenv("LMLIB_PRECISION", raising=False)
+    rt = dev.runtime("cpu")
+    assert rt.device == torch.device("cpu") and rt.precision.dtype == torch.float32
+    assert (rt.rank, rt.world_size, rt.is_main, rt.peak_flops) == (0, 1, True, None)
+    assert dev.runtime("cpu", precision="bf16").precision.dtype == torch.bfloat16
+    monkeypatch.setenv("LMLIB_PRECISION", "fp16")
+    assert dev.runtime("cpu").precision.dtype == torch.float16  # the variable, when no argument
+    with pytest.raises(ValueError, match="Unknown precision"):
+        dev.runtime("cpu", precision="fp8")
+
+
+def test_eval_mode_restores_the_old_mode():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
+    for mode in (True, False):
+        model.train(mode)
+        with dev.eval_mode(model):
+            assert not model.training and not model[1].training
+        assert model.training is mode and model[1].training is mode
+    model.train()
+    with pytest.raises(RuntimeError):
+        with dev.eval_mode(model):
+            raise RuntimeError("boom")
+    assert model.training  # restored even when the body raises
+    with dev.eval_mode(lambda ids: ids) as fn:  # a plain function passes through
+        assert fn(3) == 3
+
+
+def test_model_device():
+    assert dev.model_device(torch.nn.Linear(2, 2)) == torch.device("cpu")
+    assert dev.model_device(torch.nn.ReLU()) == torch.device("cpu")  # no parameters at all

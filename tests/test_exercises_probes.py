@@ -2,7 +2,7 @@
 import re
 
 from lmlib import exercises
-from lmlib.probes import KEYBOARD_NEIGHBOURS
+from lmlib.audit import KEYBOARD_NEIGHBOURS
 
 
 def test_swap_words_checker():

@@ -101,12 +101,12 @@ def test_extract_answer(text, expected):
     assert I.extract_answer(text) == expected
 
 
-def test_exact_match():
-    assert I.exact_match(["3", None, "5"], ["3", "4", "6"]) == pytest.approx(1 / 3)
+def test_answer_accuracy():
+    assert I.answer_accuracy(["3", None, "5"], ["3", "4", "6"]) == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="2 predictions for 1"):
-        I.exact_match(["1", "2"], ["1"])
+        I.answer_accuracy(["1", "2"], ["1"])
     with pytest.raises(ValueError, match="reference answer is None"):
-        I.exact_match(["1"], [None])
+        I.answer_accuracy(["1"], [None])
 
 
 def test_dpo_loss():

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from lmlib import lora
-from lmlib.model import GPT, GPTConfig
+from lmlib.model import GPT, GPTConfig, num_params
 
 ALL = ("q_proj", "k_proj", "v_proj", "out_proj", "fc", "proj")
 
@@ -53,7 +53,7 @@ def test_only_lora_parameters_train():
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.endswith(("lora_A", "lora_B")) for n in trainable)
     assert len(trainable) == 2 * 2 * 2  # 2 layers x 2 targets x (A, B)
-    n_train, n_total = lora.count_parameters(model)
+    n_train, n_total = num_params(model, trainable_only=True), num_params(model)
     assert n_train == 2 * 2 * (2 * 16 + 16 * 2)
     assert n_total == small_gpt().num_params() + n_train
     # a step changes only the adapters

@@ -5,6 +5,7 @@ from collections import Counter
 import pytest
 import torch
 
+from lmlib.tokenizers import Vocab
 from lmlib import ngram
 
 # The corpus "a b c b a b" with a=0, b=1, c=2. Hand computation with D = 0.5 (see test docstrings).
@@ -143,7 +144,7 @@ def test_bad_inputs_have_clear_errors():
     with pytest.raises(ValueError, match="at least n"):
         ngram.NGramCounts(torch.tensor([], dtype=torch.int64), 2, 3)
     with pytest.raises(ValueError, match="empty corpus"):
-        ngram.Vocab.from_words([])
+        Vocab.from_words([])
     with pytest.raises(ValueError, match="outside"):
         ngram.NGramLM(TOY, 2, 2)  # id 2 does not fit a vocabulary of 2
     lm = ngram.NGramLM(TOY, 2, 3)
@@ -162,10 +163,10 @@ def test_bad_inputs_have_clear_errors():
 
 
 def test_vocab_unknown_word_policy():
-    vocab = ngram.Vocab.from_words("the cat sat on the mat".split())
-    assert vocab.itos[0] == "the" and "<unk>" in vocab.stoi  # frequency order; <unk> always present
+    vocab = Vocab.from_words("the cat sat on the mat".split())
+    assert vocab.itos[:2] == ["<unk>", "the"]  # the special first, then frequency order
     ids = vocab.encode(["the", "dog"])
-    assert ids.tolist() == [0, vocab.unk]
+    assert ids.tolist() == [1, vocab.unk] and vocab.unk == 0
     with pytest.raises(KeyError, match="dog"):
         vocab.encode(["the", "dog"], unknown="error")
     with pytest.raises(ValueError, match="unknown"):
@@ -183,7 +184,7 @@ def test_wikitext_words(mirror):
 
 def test_wikitext2_validation_and_test_words_are_all_in_the_training_vocabulary(mirror):
     """The closed-vocabulary claim of chapter 1: no <unk> mapping is needed on the full data."""
-    vocab = ngram.Vocab.from_words(ngram.wikitext_words("train"))
+    vocab = Vocab.from_words(ngram.wikitext_words("train"))
     assert len(vocab) == 33_278
     for split in ("valid", "test"):
         vocab.encode(ngram.wikitext_words(split), unknown="error")  # raises on any new word

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from lmlib import rnn
+from lmlib.model import num_params
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
@@ -81,7 +82,7 @@ def test_parameter_count_formula():
     V, E, H, L = 100, 8, 16, 2
     model = rnn.RNNLM(V, E, H, L)
     lstm = 4 * H * (E + H) + 8 * H + (L - 1) * (4 * H * (H + H) + 8 * H)
-    assert rnn.num_parameters(model) == V * E + lstm + H * V + V
+    assert num_params(model) == V * E + lstm + H * V + V
 
 
 def test_bad_inputs():

@@ -292,12 +292,13 @@ def test_normalize_tokenize_detokenize():
 
 
 def test_vocab_round_trip_and_specials():
-    v = s.Vocab.from_sentences([["a", "b", "a"], ["c"]], min_count=2)
-    assert v.itos[:5] == ["<pad>", "<bos>", "<eos>", "<unk>", "a"]
-    assert v.encode(["a", "zzz"], eos=True) == [4, s.Vocab.UNK, s.Vocab.EOS]
-    assert v.decode([s.Vocab.BOS, 4, s.Vocab.EOS, 4]) == ["a"]
+    v = s.translation_vocab([["a", "b", "a"], ["c"]], min_count=2)
+    assert v.itos == ["<pad>", "<bos>", "<eos>", "<unk>", "a"]
+    assert [v.stoi[w] for w in s.SPECIALS] == [s.PAD, s.BOS, s.EOS, s.UNK] and v.unk == s.UNK
+    assert v.encode_list(["a", "zzz"]) + [s.EOS] == [4, s.UNK, s.EOS]
+    assert s.target_words(v, [s.BOS, 4, s.EOS, 4]) == ["a"]
     with pytest.raises(ValueError, match="reserved"):
-        s.Vocab(["<pad>"])
+        s.translation_vocab([["<pad>"]]).__class__(["<pad>"], s.SPECIALS, "<unk>")
     with pytest.raises(ValueError, match="outside"):
         v.decode([99])
 

@@ -150,27 +150,6 @@ def test_trainer_follows_the_schedule():
 
 
 # ----------------------------------------------------------------------------- MFU table
-def test_peak_flops_table():
-    bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
-    assert T.peak_flops("NVIDIA H100 80GB HBM3", bf16) == pytest.approx(989.5e12)
-    assert T.peak_flops("NVIDIA H100 PCIe", bf16) == pytest.approx(756.5e12)
-    assert T.peak_flops("NVIDIA H200", bf16) == pytest.approx(989.5e12)
-    assert T.peak_flops("NVIDIA A100-SXM4-80GB", bf16) == pytest.approx(312e12)
-    assert T.peak_flops("NVIDIA A100-SXM4-80GB", fp32, tf32=True) == pytest.approx(156e12)
-    assert T.peak_flops("NVIDIA A100-SXM4-80GB", fp32) == pytest.approx(19.5e12)
-    assert T.peak_flops("NVIDIA A10G", bf16) == pytest.approx(125e12)
-    assert T.peak_flops("NVIDIA L4", bf16) == pytest.approx(121e12)
-    assert T.peak_flops("NVIDIA L40S", bf16) == pytest.approx(366.5e12)
-    assert T.peak_flops("Tesla T4", fp16) == pytest.approx(65e12)
-    assert T.peak_flops("Tesla T4", bf16) is None  # no bf16 tensor cores
-    assert T.peak_flops("Tesla V100-SXM2-16GB", fp16) == pytest.approx(125e12)
-    assert T.peak_flops("Tesla V100-PCIE-32GB", fp16) == pytest.approx(112e12)
-    assert T.peak_flops("NVIDIA GeForce RTX 4090", bf16) == pytest.approx(165.2e12)
-    assert T.peak_flops("NVIDIA GeForce RTX 4090 Laptop GPU", bf16) is None  # a different chip
-    assert T.peak_flops("NVIDIA GeForce RTX 3090", fp16) == pytest.approx(71e12)
-    assert T.peak_flops("Some Future GPU", bf16) is None
-
-
 def test_cpu_reports_speed_but_no_mfu():
     h = make(T.TrainConfig(max_steps=4, warmup_steps=1, log_every=2, progress=False)).fit()
     assert h.step == [2, 4]

@@ -193,9 +193,10 @@ def check_perplexity_from_logits(fn: Callable[[torch.Tensor, torch.Tensor], floa
 
 
 def reference_lstm_parameter_count(vocab_size: int, emb_dim: int, hidden_dim: int, num_layers: int) -> int:
-    from lmlib.rnn import RNNLM, num_parameters
+    from lmlib.model import num_params
+    from lmlib.rnn import RNNLM
 
-    return num_parameters(RNNLM(vocab_size, emb_dim, hidden_dim, num_layers, cell="lstm"))
+    return num_params(RNNLM(vocab_size, emb_dim, hidden_dim, num_layers, cell="lstm"))
 
 
 def check_lstm_parameter_count(fn: Callable[[int, int, int, int], int], **kwargs) -> bool:

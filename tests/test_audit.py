@@ -1,11 +1,11 @@
-"""lmlib.probes (chapter 6, bias and robustness): template probes, counterfactual swaps, noise."""
+"""lmlib.audit (chapter 6, bias and robustness): template probes, counterfactual swaps, noise."""
 import random
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lmlib import probes as P
+from lmlib import audit as P
 from lmlib.model import GPT, GPTConfig
 from lmlib.tokenizers import ByteBPE, WordTokenizer
 
@@ -23,7 +23,7 @@ def small_lm():
 
 def test_probe_logprobs_equal_a_direct_computation(small_lm):
     model, tok = small_lm
-    rows = P.probe(model, tok, ["The {} said that", "A {} is"], ["nurse", "engineer"], [" he", " she", " a doctor"])
+    rows = P.template_probe(model, tok, ["The {} said that", "A {} is"], ["nurse", "engineer"], [" he", " she", " a doctor"])
     assert len(rows) == 2 * 2 * 3
     assert {r["prompt"] for r in rows} == {"The nurse said that", "The engineer said that", "A nurse is", "A engineer is"}
     model.eval()
@@ -46,7 +46,7 @@ def test_probe_batching_and_padding_do_not_change_scores(small_lm):
 
 def test_log_odds_and_table(small_lm):
     model, tok = small_lm
-    rows = P.probe(model, tok, ["The {} said that", "The {} is"], ["nurse"], [" he", " she"])
+    rows = P.template_probe(model, tok, ["The {} said that", "The {} is"], ["nurse"], [" he", " she"])
     lo = P.log_odds(rows, " he", " she")
     by = {(r["template"], r["continuation"]): r["logprob"] for r in rows}
     expected = ((by["The {} said that", " he"] - by["The {} said that", " she"])
@@ -61,7 +61,7 @@ def test_log_odds_and_table(small_lm):
 def test_probe_bad_inputs(small_lm):
     model, tok = small_lm
     with pytest.raises(ValueError, match="exactly one"):
-        P.probe(model, tok, ["The nurse said"], ["x"], [" he"])
+        P.template_probe(model, tok, ["The nurse said"], ["x"], [" he"])
     with pytest.raises(ValueError, match="context"):
         P.continuation_logprobs(model, tok, ["The nurse said that " * 20], [" he"])
     with pytest.raises(ValueError, match="non-empty"):

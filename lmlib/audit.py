@@ -1,4 +1,4 @@
-"""Probes for bias and robustness: what a model prefers, and what breaks it.
+"""Auditing a model for bias and robustness: what it prefers, and what breaks it.
 
 Derived in chapter 6 ("Challenges", notebook 04, bias and robustness). Three tools:
 
@@ -13,7 +13,7 @@ Derived in chapter 6 ("Challenges", notebook 04, bias and robustness). Three too
 API summary
 -----------
 continuation_logprobs(model, tokenizer, prompts, continuations, batch_size=64) -> Tensor (N,)
-probe(model, tokenizer, templates, fillers, continuations) -> list[dict]   tidy rows
+template_probe(model, tokenizer, templates, fillers, continuations) -> list[dict]   tidy rows
 log_odds(rows, a, b) -> dict[filler, float]       mean over templates of log P(a) - log P(b)
 format_table(rows, columns=None, floatfmt=".3f", max_rows=None) -> str
 cooccurrence(words, targets, contexts, window=10) -> dict[target, dict[context, int]]
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 Tensor = torch.Tensor
 
 __all__ = [
-    "continuation_logprobs", "probe", "log_odds", "format_table", "cooccurrence",
+    "continuation_logprobs", "template_probe", "log_odds", "format_table", "cooccurrence",
     "GENDER_PAIRS", "NAME_PAIRS", "swap_map", "swap_words", "SwapResult", "counterfactual_shift",
     "KINDS", "KEYBOARD_NEIGHBOURS", "keyboard_typo", "typos", "word_dropout", "NoiseCurve",
     "noise_curve",
@@ -100,7 +100,7 @@ def continuation_logprobs(model: torch.nn.Module, tokenizer, prompts: Sequence[s
     return out
 
 
-def probe(model: torch.nn.Module, tokenizer, templates: Sequence[str], fillers: Sequence[str],
+def template_probe(model: torch.nn.Module, tokenizer, templates: Sequence[str], fillers: Sequence[str],
           continuations: Sequence[str]) -> list[dict]:
     """Score every continuation after every template filled with every filler: a tidy table.
 
@@ -124,7 +124,7 @@ def probe(model: torch.nn.Module, tokenizer, templates: Sequence[str], fillers: 
 def log_odds(rows: Sequence[dict], a: str, b: str) -> dict[str, float]:
     """For each filler, the mean over templates of log P(a | prompt) - log P(b | prompt).
 
-    Positive: the model prefers continuation ``a``. ``rows`` come from :func:`probe`.
+    Positive: the model prefers continuation ``a``. ``rows`` come from :func:`template_probe`.
     """
     score = {(r["template"], r["filler"], r["continuation"]): r["logprob"] for r in rows}
     conts = {r["continuation"] for r in rows}
