@@ -21,10 +21,9 @@ from pathlib import Path
 
 from docutils import nodes
 from docutils.parsers.rst import directives
+from myst_nb.sphinx_ import NbMetadataCollector
 from sphinx.transforms.post_transforms import SphinxPostTransform
 from sphinx.util.docutils import SphinxDirective
-
-from myst_nb.sphinx_ import NbMetadataCollector
 
 from lmlib.presets import scale
 

@@ -10,7 +10,7 @@ tokens/s and the speed-up. It also measures the memory of the cache against the 
 The model is a GPT with random weights (speed does not depend on what the weights are): by
 default nanoGPT's Tiny Shakespeare GPU configuration (6 layers, 6 heads, width 384, 10.7M
 parameters) with a context long enough for the prompt plus 1024 new tokens. The course's target
-(issue 10): the cached path at least 5x faster at 256 new tokens on CPU.
+: the cached path at least 5x faster at 256 new tokens on CPU.
 
 Without the cache, step t recomputes all t positions, so the uncached time grows with the square
 of the length; ``--max-uncached-seconds`` skips an uncached run whose predicted time (from the

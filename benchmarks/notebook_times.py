@@ -7,8 +7,8 @@ the book build does), and records the wall time and the CPU time of the kernel p
 website's cost boxes and ``tests/test_notebook_budgets.py`` read the results file, so the
 budgets are checked against a real run, never against a number typed into the prose.
 
-    LMLIB_DATA=/work/shared/data .venv/bin/python benchmarks/notebook_times.py          # cpu preset, ~25 min
-    LMLIB_DATA=/work/shared/data .venv/bin/python benchmarks/notebook_times.py \\
+    LMLIB_DATA=<mirror> .venv/bin/python benchmarks/notebook_times.py          # cpu preset, ~25 min
+    LMLIB_DATA=<mirror> .venv/bin/python benchmarks/notebook_times.py \\
         --only chapters/04_pretraining/03_training_a_gpt.ipynb                        # one notebook, merged in
 
 Results: ``benchmarks/results/<preset>_notebook_times.json`` and stdout.

@@ -13,7 +13,7 @@ GPT-2-shaped model a 16 GB T4 could train at the preset's batch and context: the
 a reader needs before renting a GPU. It is an estimate from CPU float32 activations; with fp16
 autocast on the T4 the activations are smaller, so it errs on the safe side.
 
-    LMLIB_DATA=/work/shared/data .venv/bin/python benchmarks/peak_memory.py          # ~3 minutes on 2 cores
+    LMLIB_DATA=<mirror> .venv/bin/python benchmarks/peak_memory.py          # ~3 minutes on 2 cores
     .venv/bin/python benchmarks/peak_memory.py --presets smoke cpu --steps 2          # quick look
 
 Results: ``benchmarks/results/<device>_peak_memory.json`` and stdout.

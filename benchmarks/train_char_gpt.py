@@ -21,7 +21,7 @@ batch 12, dropout 0) built with :class:`lmlib.model.GPT`. Two measurements:
 
 On a GPU (``--device cuda``) the same script measures the same variants (the Trainer then uses
 the device's mixed-precision policy and reports MFU) and, by default, races the ``gpu`` preset
-(nanoGPT's 6-layer, 384-wide Shakespeare model) against the target of issue 10: validation loss
+(nanoGPT's 6-layer, 384-wide Shakespeare model) against the GPU target: validation loss
 1.47 within 60 s, a third of the 3 minutes nanoGPT reports on an A100::
 
     LMLIB_DATA=... python benchmarks/train_char_gpt.py --device cuda --ttl-compile
@@ -33,10 +33,10 @@ busy, its OpenMP threads wait for each other and a 2-thread run can be ten times
 Results go to ``benchmarks/results/<device>_char_gpt.json`` (the CPU file is quoted by the book) and to stdout.
 Re-run on a quiet machine (about 6 minutes on 2 cores)::
 
-    LMLIB_DATA=/work/shared/data .venv/bin/python benchmarks/train_char_gpt.py
-    LMLIB_DATA=/work/shared/data .venv/bin/python benchmarks/train_char_gpt.py --threads 1 \
+    LMLIB_DATA=<mirror> .venv/bin/python benchmarks/train_char_gpt.py
+    LMLIB_DATA=<mirror> .venv/bin/python benchmarks/train_char_gpt.py --threads 1 \
         --out benchmarks/results/cpu_char_gpt_1thread.json
-    LMLIB_DATA=/work/shared/data .venv/bin/python benchmarks/train_char_gpt.py --repeats 0 \
+    LMLIB_DATA=<mirror> .venv/bin/python benchmarks/train_char_gpt.py --repeats 0 \
         --ttl "cpu preset" --ttl-override '{"n_layer": 3}' --out /tmp/sweep.json   # one sweep point
 """
 from __future__ import annotations
@@ -57,7 +57,7 @@ from common import RESULTS, cpu_name, sync, write_results
 from lmlib import data as D
 from lmlib import recipes
 from lmlib import train as T
-from lmlib.device import best_device
+from lmlib.device import best_device, runtime
 from lmlib.model import GPT, GPTConfig
 from lmlib.tokenizers import CharTokenizer
 
@@ -67,7 +67,7 @@ MODEL = {k: REF[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "dropo
 RECIPE = dict(lr=REF["lr"], min_lr=REF["min_lr"], betas=REF["betas"], warmup_steps=REF["warmup"],
               weight_decay=REF["weight_decay"], grad_clip=REF["grad_clip"])
 # Time-to-loss runs: recipe, and the course's target (validation loss, seconds of training).
-# 1.88 in 60 s on a 2-core CPU (issue 6); on a GPU nanoGPT's 1.47 in a third of its 3 A100 minutes (issue 10).
+# 1.88 in 60 s on a 2-core CPU; on a GPU nanoGPT's 1.47 in a third of its 3 A100 minutes.
 RACES = {"cpu preset": (lambda: recipes.shakespeare_char("cpu"), 1.88, 60.0),
          "nanoGPT CPU recipe": (lambda: dict(REF), 1.88, 60.0),
          "gpu preset": (lambda: recipes.shakespeare_char("gpu"), 1.47, 60.0)}
@@ -88,8 +88,7 @@ def new_model(vocab: int) -> GPT:
 
 def plain_loop(train: torch.Tensor, vocab: int, steps: int, device: torch.device) -> tuple[float, float]:
     """What a first training script looks like; (wall-clock, CPU-time) tokens/s over ``steps`` timed steps."""
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("highest")  # really float32: the Trainer turns TF32 on process-wide
+    runtime(str(device), precision="fp32", tf32=False)  # really float32: the Trainer turns TF32 on process-wide
     model = new_model(vocab).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=RECIPE["lr"])
     gen = torch.Generator().manual_seed(0)

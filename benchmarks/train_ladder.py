@@ -1,6 +1,6 @@
 """What each training optimisation buys, one rung at a time, against a plain float32 loop.
 
-Issue 10's ablation ladder. Every rung keeps the previous ones and adds one setting:
+The ablation ladder. Every rung keeps the previous ones and adds one setting:
 
     plain        float32, chapter 2's explicit attention, for-loop AdamW, loss read every step
     tf32         TensorFloat-32 for float32 matrix products (CUDA, compute capability >= 8.0)

@@ -4,12 +4,34 @@ Each module holds one idea and names the chapter that derives it. Notebooks buil
 open, then check it against the module here, so the book and the library cannot drift apart.
 Submodules load on first use (``lmlib.attention`` imports ``lmlib/attention.py``), so
 ``import lmlib`` stays fast.
+
+The package is flat, but its modules form three layers (:data:`LAYERS`; a test keeps them so):
+
+- **core**, the language-model engine: where and how big a run is (``presets``, ``device``), data
+  and tokens (``data``, ``tokenizers``), the model (``attention``, ``model``), using it
+  (``generate``, ``metrics``) and training it (``train``, ``checkpoint``). Core modules import
+  only core modules.
+- **applications**, one module per chapter topic, built on the core: n-grams and RNNs (chapter
+  1), deduplication and published weights (4), classification, translation, instructions, LoRA
+  and span tasks (5), compression, cost, privacy, bias audits and interpretability (6). They
+  import the core and each other, never the book plumbing.
+- **book**, the plumbing of the website and its exercises: glue, plots, widgets, the shared
+  training recipes, and the exercise checkers. These may import anything.
 """
 import importlib
 
-from lmlib.book import glue
+from lmlib.book import glue as glue  # every notebook glues numbers into its prose
 
 __version__ = "0.1.0"
+
+#: The three layers of the package, each a tuple of module names (see the module docstring).
+LAYERS = {
+    "core": ("presets", "device", "data", "tokenizers", "attention", "model", "generate", "metrics",
+             "checkpoint", "train"),
+    "applications": ("ngram", "rnn", "dedup", "pretrained", "hub", "classify", "seq2seq", "instruct",
+                     "lora", "spans", "compress", "cost", "privacy", "audit", "interpret"),
+    "book": ("book", "plot", "widgets", "recipes", "exercises"),
+}
 
 
 def __getattr__(name: str):

@@ -18,10 +18,10 @@ log_odds(rows, a, b) -> dict[filler, float]       mean over templates of log P(a
 format_table(rows, columns=None, floatfmt=".3f", max_rows=None) -> str
 cooccurrence(words, targets, contexts, window=10) -> dict[target, dict[context, int]]
 swap_map(pairs) -> dict[str, str];  swap_words(text, pairs) -> str;  GENDER_PAIRS, NAME_PAIRS
-counterfactual_shift(predict_proba, texts, pairs, positive=1) -> SwapResult
+counterfactual_shift(predict_proba, texts, pairs, positive=1, n_examples=5) -> SwapResult
 typos(text, rate, rng, kinds=KINDS) -> str;  word_dropout(text, rate, rng) -> str
 KEYBOARD_NEIGHBOURS, keyboard_typo(char, rng) -> str
-noise_curve(predict, texts, labels, noise, rates, seeds=(0,)) -> NoiseCurve
+noise_curve(predict, texts, labels, noise, rates, seeds=(0,), progress=True) -> NoiseCurve
 """
 from __future__ import annotations
 
@@ -32,7 +32,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
+
+from lmlib.data import pad_right
+from lmlib.device import eval_mode, model_device
+from lmlib.generate import continuation_logprob
 
 Tensor = torch.Tensor
 
@@ -82,22 +85,16 @@ def continuation_logprobs(model: torch.nn.Module, tokenizer, prompts: Sequence[s
                              f"context of {block}: shorten the template.")
         seqs.append(p + c)
         starts.append(len(p))
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    out = torch.zeros(len(seqs), dtype=torch.float64)
-    for lo in range(0, len(seqs), batch_size):
-        chunk = seqs[lo:lo + batch_size]
-        T = max(len(s) for s in chunk)
-        x = torch.zeros(len(chunk), T, dtype=torch.long)
-        for i, s in enumerate(chunk):
-            x[i, :len(s)] = torch.tensor(s)
-        logp = F.log_softmax(model(x.to(device))[0].double(), dim=-1).cpu()
-        for i, s in enumerate(chunk):
-            t = torch.arange(starts[lo + i], len(s))  # positions of the continuation's tokens
-            out[lo + i] = logp[i, t - 1, torch.tensor(s)[t]].sum()
-    model.train(was_training)
-    return out
+    out = []
+    with eval_mode(model):
+        device = model_device(model)
+        for lo in range(0, len(seqs), batch_size):
+            chunk = seqs[lo:lo + batch_size]
+            x = pad_right(chunk, 0).to(device)  # right padding: a causal model never looks at it
+            out.append(continuation_logprob(model, x, torch.tensor(starts[lo:lo + batch_size], device=device),
+                                            torch.tensor([len(s) for s in chunk], device=device),
+                                            dtype=torch.float64).cpu())
+    return torch.cat(out)
 
 
 def template_probe(model: torch.nn.Module, tokenizer, templates: Sequence[str], fillers: Sequence[str],

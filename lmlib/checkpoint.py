@@ -17,7 +17,11 @@ full disk can leave a stray ``.step_*.tmp-*`` folder behind, never a half-writte
 
 API::
 
+    CheckpointError                                              a checkpoint that cannot be used
+    WEIGHTS, STATE, FORMAT                                       file names and format version
+    split_shared(state_dict) -> (unique tensors, {alias: name})  tied weights stored once
     save(directory, step, model, state, keep_last=None) -> Path
+    all_checkpoints(directory) -> list[Path]; resolve(path) -> Path
     read(path) -> (weights: dict[str, Tensor], state: dict)      # both files checked
     check_weights(weights, model) -> None                        # keys and shapes, else CheckpointError
     latest(directory) -> Path | None
@@ -42,6 +46,12 @@ from lmlib.data import sha256_of
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
 FORMAT = 1
+
+__all__ = [
+    "CheckpointError", "WEIGHTS", "STATE", "FORMAT", "split_shared", "save", "all_checkpoints",
+    "latest", "resolve", "read", "check_weights", "rng_state", "set_rng_state",
+    "check_trainer_state",
+]
 
 
 class CheckpointError(RuntimeError):

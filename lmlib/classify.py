@@ -11,14 +11,14 @@ The classifier follows the trainer's convention, ``model(x, targets=y) -> (logit
 
 API summary
 -----------
-hidden_states(gpt, idx) -> (B, T, n_embd)           final-norm hidden states of an lmlib GPT
 GPTClassifier(gpt, n_classes, pad_id, pooling="last", dropout=0.0)
     forward(x, targets=None) -> (logits (B, n_classes), loss)
 freeze(model, train_last_blocks=1) -> int           train only the head (+ last blocks, final norm)
 unfreeze(model) -> int
 BagOfWords(vocab_size, n_classes, pad_id)           logistic regression on word presence
 load_labelled(name, file=None) -> (texts, labels, LoadReport)
-parse_labelled(lines, layout, classes) -> (texts, labels, LoadReport)
+LAYOUTS: {data set: (layout, class names)}       how each registered labelled set is laid out
+parse_labelled(lines, layout, classes, source="<lines>") -> (texts, labels, LoadReport)
 stratified_split(labels, fractions=(0.8, 0.1, 0.1), seed=0) -> (train, val, test) index tensors
 pad_batch(seqs, pad_id, max_len) -> (N, T) ids
 classification_batches(ids, labels, batch_size, pad_id) -> batch_fn(generator) -> (x, y)
@@ -36,13 +36,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmlib.data import RowReport, pad_right
-from lmlib.model import GPT
+from lmlib import data
+from lmlib.data import RowReport, pad_right, random_batches
+from lmlib.device import eval_mode, model_device
+from lmlib.metrics import accuracy, confusion_matrix, precision_recall_f1
+from lmlib.model import GPT, GPTWithHead
+from lmlib.train import TrainConfig, Trainer
 
 Tensor = torch.Tensor
 
 __all__ = [
-    "hidden_states", "GPTClassifier", "freeze", "unfreeze", "BagOfWords", "LoadReport",
+    "GPTClassifier", "freeze", "unfreeze", "BagOfWords", "LoadReport",
     "LAYOUTS", "parse_labelled", "load_labelled", "stratified_split", "pad_batch",
     "classification_batches", "predict", "train_classifier", "evaluate_classifier",
 ]
@@ -50,15 +54,7 @@ __all__ = [
 
 # --- the model ----------------------------------------------------------------------------------
 
-def hidden_states(gpt: GPT, idx: Tensor) -> Tensor:
-    """The GPT's hidden states after the final norm, (B, T, n_embd): its forward without the LM head.
-
-    ``gpt.lm_head(hidden_states(gpt, idx))`` equals ``gpt(idx)[0]``.
-    """
-    return gpt.hidden_states(idx)
-
-
-class GPTClassifier(nn.Module):
+class GPTClassifier(GPTWithHead):
     """A GPT body with a linear classification head on a pooled hidden state (chapter 5).
 
     ``pad_id`` marks padding (put it on the right; it must not occur inside a text).
@@ -67,18 +63,12 @@ class GPTClassifier(nn.Module):
     """
 
     def __init__(self, gpt: GPT, n_classes: int, pad_id: int, pooling: str = "last", dropout: float = 0.0) -> None:
-        super().__init__()
-        if not isinstance(gpt, GPT):
-            raise TypeError(f"GPTClassifier wraps an lmlib.model.GPT, got {type(gpt).__name__}.")
         if not isinstance(n_classes, int) or n_classes < 2:
             raise ValueError(f"n_classes must be an integer >= 2, got {n_classes!r}.")
         if pooling not in ("last", "mean"):
             raise ValueError(f"pooling must be 'last' or 'mean', got {pooling!r}.")
-        self.gpt, self.pad_id, self.pooling = gpt, int(pad_id), pooling
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(gpt.config.n_embd, n_classes)
-        nn.init.normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
+        super().__init__(gpt, n_classes, pad_id, dropout)
+        self.pooling = pooling
 
     def pool(self, h: Tensor, mask: Tensor) -> Tensor:
         """(B, T, C) hidden states and a (B, T) bool mask of real tokens -> (B, C)."""
@@ -97,7 +87,7 @@ class GPTClassifier(nn.Module):
                 f"{int(empty.sum())} row(s) of x hold only padding (pad_id={self.pad_id}); every text "
                 "needs at least one token. Count and drop empty texts when loading the data."
             )
-        logits = self.head(self.dropout(self.pool(hidden_states(self.gpt, x), mask)))
+        logits = self.head(self.pool(self.features(x), mask))
         loss = None
         if targets is not None:
             if targets.shape != (x.shape[0],):
@@ -228,8 +218,6 @@ def load_labelled(name: str, file: str | None = None) -> tuple[list[str], list[i
     other separators that occur inside some sentences); one final newline ends the file and is
     not a row.
     """
-    from lmlib import data
-
     if name not in LAYOUTS:
         raise ValueError(f"No labelled layout known for {name!r}; known: {', '.join(LAYOUTS)}.")
     layout, classes = LAYOUTS[name]
@@ -290,29 +278,20 @@ def classification_batches(ids: Tensor, labels: Tensor, batch_size: int,
     labels = torch.as_tensor(labels)
     if ids.dim() != 2 or labels.shape != (ids.shape[0],):
         raise ValueError(f"ids must be (N, T) and labels (N,), got {tuple(ids.shape)} and {tuple(labels.shape)}.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-
-    def batch_fn(generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        rows = torch.randint(ids.shape[0], (batch_size,), generator=generator)
-        return _trim(ids[rows], pad_id), labels[rows]
-
-    return batch_fn
+    return random_batches(ids.shape[0], batch_size, lambda rows: (_trim(ids[rows], pad_id), labels[rows]))
 
 
 @torch.no_grad()
 def predict(model: nn.Module, ids: Tensor, batch_size: int = 256, pad_id: int | None = None) -> Tensor:
     """Logits (N, n_classes) of ``model`` on every row of ``ids``, in evaluation mode, on the CPU."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    for start in range(0, ids.shape[0], batch_size):
-        x = ids[start:start + batch_size]
-        if pad_id is not None:
-            x = _trim(x, pad_id)
-        out.append(model(x.to(device))[0].float().cpu())
-    model.train(was_training)
+    with eval_mode(model):
+        device = model_device(model)
+        out = []
+        for start in range(0, ids.shape[0], batch_size):
+            x = ids[start:start + batch_size]
+            if pad_id is not None:
+                x = _trim(x, pad_id)
+            out.append(model(x.to(device))[0].float().cpu())
     return torch.cat(out)
 
 
@@ -326,11 +305,8 @@ def train_classifier(model: nn.Module, ids: Tensor, labels: Tensor, *, pad_id: i
     No validation pass and no early stopping: every model in a comparison gets the same number
     of steps. Returns the trainer's history.
     """
-    from lmlib.train import TrainConfig, Trainer
-
     config = TrainConfig(max_steps=steps, lr=lr, warmup_steps=min(warmup_steps, steps),
-                         weight_decay=weight_decay, eval_every=None, log_every=max(1, steps // 20),
-                         seed=seed, progress=progress)
+                         weight_decay=weight_decay, eval_every=None, seed=seed, progress=progress)
     batches = classification_batches(ids, labels, batch_size, pad_id)
     return Trainer(model, config, batches).fit()
 
@@ -338,8 +314,6 @@ def train_classifier(model: nn.Module, ids: Tensor, labels: Tensor, *, pad_id: i
 def evaluate_classifier(model: nn.Module, ids: Tensor, labels: Tensor, *, pad_id: int,
                         positive: int = 1) -> dict:
     """Accuracy, precision, recall, F1 (of class ``positive``) and the confusion matrix on (ids, labels)."""
-    from lmlib.metrics import accuracy, confusion_matrix, precision_recall_f1
-
     labels = torch.as_tensor(labels)
     logits = predict(model, ids, pad_id=pad_id)
     pred = logits.argmax(-1)

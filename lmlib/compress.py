@@ -18,6 +18,7 @@ API::
     quantize_int4(weight) -> (packed uint8, scale)       two 4-bit values per byte, per channel
     dequantize(q, scale) -> float32 weight; dequantize_int4(packed, scale, in_features)
     QuantizedLinear.from_linear(linear, bits=8); quantize_model(model, bits=8) -> new model
+    QuantizedEmbedding                                  a tied embedding that reads the quantized head
     magnitude_prune(model, sparsity, scope="global") -> {name: mask}; sparsity(model) -> float
     distillation_loss(student_logits, teacher_logits, targets, temperature=2.0, alpha=0.5)
     Distiller(student, teacher, temperature=2.0, alpha=0.5)   forward(x, targets) -> (logits, loss)

@@ -27,14 +27,18 @@ import urllib.error
 import urllib.request
 import zipfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 REGISTRY_FILE = Path(__file__).with_name("datasets.toml")
 _CHUNK = 1 << 16
+
+T = TypeVar("T")
 
 
 class DataError(RuntimeError):
@@ -377,6 +381,53 @@ def split(seq, val_fraction: float = 0.1):
     return seq[:n], seq[n:]
 
 
+#: The target id that ``F.cross_entropy`` skips (its default ``ignore_index``): prompt tokens in
+#: instruction tuning, sub-words without a label in tagging, padding everywhere.
+IGNORE_INDEX = -100
+
+
+def random_batches(n_rows: int, batch_size: int, make_batch: Callable[[list[int]], T]) -> Callable[[torch.Generator], T]:
+    """A ``batch_fn(generator)`` for :class:`lmlib.train.Trainer`: ``batch_size`` random row indices.
+
+    Rows are drawn uniformly with replacement from ``range(n_rows)`` with the trainer's generator
+    (so the data order is part of a checkpoint), and ``make_batch(rows)`` turns them into a batch.
+    Every batch function of the course (token windows, classification, translation, instructions,
+    tagging, question answering) is this one with its own ``make_batch``.
+    """
+    if not isinstance(n_rows, int) or n_rows < 1:
+        raise ValueError(f"there must be at least one row to draw from, got n_rows={n_rows!r}.")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}.")
+
+    def batch_fn(generator: torch.Generator) -> T:
+        return make_batch(torch.randint(n_rows, (batch_size,), generator=generator).tolist())
+
+    return batch_fn
+
+
+def _check_windows(tokens: torch.Tensor, block_size: int) -> None:
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 1:
+        shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+        raise ValueError(f"tokens must be a 1-D tensor of token ids, got {shape}.")
+    if not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a whole number >= 1, got {block_size!r}.")
+    if len(tokens) <= block_size:
+        raise ValueError(f"Need more than block_size={block_size} tokens to cut a window, got {len(tokens)}.")
+
+
+def windows_at(tokens: torch.Tensor, starts, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The windows of ``block_size`` tokens that begin at ``starts``, and their next-token targets."""
+    starts = torch.as_tensor(starts, dtype=torch.long)
+    offsets = torch.arange(block_size)
+    return tokens[starts[:, None] + offsets], tokens[starts[:, None] + offsets + 1]
+
+
+def window_batches(tokens: torch.Tensor, block_size: int, batch_size: int) -> Callable[[torch.Generator], tuple]:
+    """A ``batch_fn`` of random windows of a 1-D token tensor (what pretraining reads)."""
+    _check_windows(tokens, block_size)
+    return random_batches(len(tokens) - block_size, batch_size, lambda starts: windows_at(tokens, starts, block_size))
+
+
 def random_windows(
     tokens: torch.Tensor,
     block_size: int,
@@ -385,16 +436,9 @@ def random_windows(
     device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch of random contiguous windows and their next-token targets, each ``(batch, block)``."""
-    if tokens.dim() != 1:
-        raise ValueError(f"tokens must be a 1-D tensor of token ids, got shape {tuple(tokens.shape)}.")
-    if len(tokens) <= block_size:
-        raise ValueError(
-            f"Need more than block_size={block_size} tokens to cut a window, got {len(tokens)}."
-        )
+    _check_windows(tokens, block_size)
     starts = torch.randint(len(tokens) - block_size, (batch_size,), generator=generator)
-    offsets = torch.arange(block_size)
-    x = tokens[starts[:, None] + offsets]
-    y = tokens[starts[:, None] + offsets + 1]
+    x, y = windows_at(tokens, starts, block_size)
     if device is not None:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     return x, y

@@ -14,6 +14,7 @@ Environment variables (all optional):
 API summary
 -----------
 best_device(request=None) -> torch.device            cuda > mps > cpu, or what was asked for
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 Precision(device_type, dtype, reason)                .name .grad_scaler .autocast() .make_grad_scaler()
 choose_precision(device_type, cuda_capability=None, request=None) -> Precision
 precision_for(device=None) -> Precision              the policy for a real device
@@ -42,6 +43,12 @@ from torch import nn
 from lmlib.presets import scale
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+__all__ = [
+    "best_device", "Precision", "PRECISIONS", "choose_precision", "precision_for", "Runtime",
+    "runtime", "peak_flops", "GPU_PEAK_FLOPS", "model_device", "eval_mode", "seed_everything",
+    "describe", "report",
+]
 
 
 def best_device(request: str | None = None) -> torch.device:
@@ -274,10 +281,12 @@ def _distributed() -> tuple[int, int, int]:
 
 
 # --- a model's device and mode -------------------------------------------------------------------
-def model_device(model: nn.Module) -> torch.device:
-    """The device of ``model``'s first parameter (or buffer); the CPU for a module with neither."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
+def model_device(model) -> torch.device:
+    """The device of ``model``'s first parameter (or buffer); the CPU for a module with neither,
+    or for a plain function that maps ids to logits."""
+    if isinstance(model, nn.Module):
+        for tensor in (*model.parameters(), *model.buffers()):
+            return tensor.device
     return torch.device("cpu")
 
 

@@ -1,7 +1,9 @@
-"""Text generation: decoding rules, a KV-cached sampling loop, stopping conditions and beam search.
+"""Text generation and scoring: decoding rules, a KV-cached sampling loop, beam search, and the
+log-probability a model gives a continuation.
 
 Derived in chapter 3 ("Build the Transformer", notebook 03); chapter 5 uses :func:`beam_search`
-for translation with an encoder-decoder.
+for translation with an encoder-decoder, and scores responses with :func:`continuation_logprob`
+(DPO), as chapter 6 scores secrets (privacy) and template continuations (bias).
 
 API summary
 -----------
@@ -19,6 +21,11 @@ beam_search(logits_fn, idx, max_new_tokens, beam_size=4, eos_id=None, length_pen
             block_size=None) -> (ids (1, T + n), score)
     ``logits_fn(ids (beams, T)) -> logits (beams, T, V)`` or a GPT-like model returning
     ``(logits, loss)``.
+lm_logits(model, ids) -> (B, T, V)           for a model returning logits or (logits, loss)
+target_logprobs(logits, targets, dtype=torch.float32) -> (B, T)   0 where a target is IGNORE_INDEX
+continuation_logprob(model, ids, start, end=None, dtype=torch.float32) -> (B,)
+    log P(ids[b, start:end] | ids[b, :start]), summed: one forward pass scores every row. Chapter
+    5's DPO, chapter 6's exposure test and its bias probes all score continuations with it.
 """
 from __future__ import annotations
 
@@ -27,9 +34,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from lmlib.data import IGNORE_INDEX
+from lmlib.device import eval_mode
+
 Tensor = torch.Tensor
 
-__all__ = ["top_k_filter", "top_p_filter", "next_token", "generate", "beam_search"]
+__all__ = ["top_k_filter", "top_p_filter", "next_token", "generate", "beam_search", "lm_logits",
+           "target_logprobs", "continuation_logprob"]
 
 
 def top_k_filter(logits: Tensor, k: int) -> Tensor:
@@ -120,11 +131,9 @@ def generate(
     if not greedy and not temperature > 0:
         raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {temperature!r}.")
     block_size = model.config.block_size
-    was_training = model.training
-    model.eval()
     done = torch.zeros(idx.shape[0], 1, dtype=torch.bool, device=idx.device)
     cache = None
-    try:
+    with eval_mode(model):
         for _ in range(max_new_tokens):
             if use_cache:
                 if cache is None or cache[0].length + 1 > block_size:
@@ -141,8 +150,6 @@ def generate(
             idx = torch.cat([idx, nxt], dim=1)
             if eos_id is not None and bool(done.all()):
                 break
-    finally:
-        model.train(was_training)
     return idx
 
 
@@ -170,10 +177,6 @@ def beam_search(
         raise ValueError(f"beam_size must be a positive integer, got {beam_size!r}.")
     if block_size is None and hasattr(logits_fn, "config"):
         block_size = logits_fn.config.block_size
-    is_module = isinstance(logits_fn, torch.nn.Module)
-    if is_module:
-        was_training = logits_fn.training
-        logits_fn.eval()
 
     def step(seqs: Tensor) -> Tensor:
         out = logits_fn(seqs if block_size is None else seqs[:, -block_size:])
@@ -185,7 +188,7 @@ def beam_search(
 
     beams, logps = idx, torch.zeros(1, device=idx.device)
     finished: list[tuple[float, Tensor]] = []
-    try:
+    with eval_mode(logits_fn):  # a plain function passes through
         for t in range(max_new_tokens):
             cand = (logps[:, None] + step(beams)).flatten()  # (beams * V)
             V = cand.numel() // beams.shape[0]
@@ -200,10 +203,52 @@ def beam_search(
             beams, logps = seqs[~ended][:beam_size], top.values[~ended][:beam_size]
             if beams.shape[0] == 0:
                 break
-    finally:
-        if is_module:
-            logits_fn.train(was_training)
     n = max_new_tokens
     finished += [(score(logps[i].item(), n), beams[i: i + 1]) for i in range(beams.shape[0])]
     best_score, best = max(finished, key=lambda item: item[0])
     return best, best_score
+
+
+# --- scoring: how likely a model finds a given continuation --------------------------------------
+
+def lm_logits(model, ids: Tensor) -> Tensor:
+    """Logits (B, T, V) of ``model`` on ``ids`` (B, T), whether it returns ``logits`` or ``(logits, loss)``."""
+    out = model(ids)
+    logits = out[0] if isinstance(out, (tuple, list)) else out
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or logits.shape[:2] != ids.shape:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"the model must map ids {tuple(ids.shape)} to logits (B, T, V), got {got}.")
+    return logits
+
+
+def target_logprobs(logits: Tensor, targets: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """(B, T) log-probabilities of ``targets`` under ``logits`` (B, T, V); 0 where a target is IGNORE_INDEX."""
+    if logits.dim() != 3 or targets.shape != logits.shape[:2]:
+        raise ValueError(f"need logits (B, T, V) and targets (B, T), got {tuple(logits.shape)} and {tuple(targets.shape)}.")
+    keep = targets != IGNORE_INDEX
+    logp = F.log_softmax(logits.to(dtype), dim=-1)
+    return logp.gather(-1, torch.where(keep, targets, 0).long().unsqueeze(-1)).squeeze(-1) * keep
+
+
+def continuation_logprob(model, ids: Tensor, start, end=None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """(B,) ``log P(ids[b, start:end] | ids[b, :start])``: a continuation's log-probability, summed.
+
+    ``start`` (an int, or one per row) is the position of the continuation's first token, at
+    least 1 (the first token is predicted from the ones before it); ``end`` (default: the whole
+    row, or one per row) is one past its last, so right padding after ``end`` is never scored. One
+    forward pass scores every row. It runs in the model's current mode and keeps gradients (DPO
+    trains through it); wrap it in ``torch.no_grad()`` and :func:`lmlib.device.eval_mode` to measure.
+    """
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[1] < 2:
+        shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise ValueError(f"ids must be a (B, T) tensor of token ids with T >= 2, got {shape}.")
+    B, T = ids.shape
+    start = torch.as_tensor(start, device=ids.device).expand(B)
+    end = torch.full((B,), T, device=ids.device) if end is None else torch.as_tensor(end, device=ids.device).expand(B)
+    if (start < 1).any() or (end > T).any() or (start >= end).any():
+        raise ValueError(f"need 1 <= start < end <= T={T} in every row (a non-empty continuation after a "
+                         f"non-empty context), got start {start.tolist()} and end {end.tolist()}.")
+    position = torch.arange(1, T, device=ids.device)  # the position of each predicted token
+    inside = (position >= start[:, None]) & (position < end[:, None])
+    targets = ids[:, 1:].masked_fill(~inside, IGNORE_INDEX)
+    return target_logprobs(lm_logits(model, ids[:, :-1]), targets, dtype).sum(dim=1)

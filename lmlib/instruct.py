@@ -3,7 +3,7 @@
 Derived in chapter 5 ("Applications", notebook 03). Supervised fine-tuning (SFT) on instructions
 trains a language model on ``prompt + response`` texts, but only the response is the behaviour
 we want: the loss is taken on response tokens only. Targets at prompt positions are set to
-:data:`IGNORE_INDEX` (-100), the value ``F.cross_entropy`` skips by default, so
+:data:`lmlib.data.IGNORE_INDEX` (-100), the value ``F.cross_entropy`` skips by default, so
 :func:`lmlib.train.lm_loss` and ``lmlib.model.GPT(x, targets=y)`` average over the response
 tokens and :class:`lmlib.train.Trainer` trains on these batches unchanged.
 
@@ -22,7 +22,8 @@ extract_answer(text) -> str | None             the number after '####', normalis
 normalize_number(text) -> str | None
 answer_accuracy(predictions, references) -> float   share of extracted answers equal to the reference
 sequence_logprob(model, x, y) -> (B,)          summed log-probabilities of the non-ignored targets
-dpo_loss(pol_chosen, pol_rejected, ref_chosen, ref_rejected, beta) -> (loss, reward margins)
+split_dialogue(chosen, rejected, marker="\\n\\nAssistant:") -> (prompt, chosen reply, rejected reply) or None
+dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta) -> (loss, reward margins)
 """
 from __future__ import annotations
 
@@ -37,7 +38,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmlib.data import RowReport, pad_right
+from lmlib import data
+from lmlib.data import IGNORE_INDEX, RowReport, pad_right, random_batches
+from lmlib.device import eval_mode, model_device
+from lmlib.generate import lm_logits, target_logprobs
 
 Tensor = torch.Tensor
 Example = tuple[Tensor, Tensor]
@@ -50,7 +54,6 @@ __all__ = [
 ]
 
 #: The target value that ``F.cross_entropy`` (and so ``lm_loss`` and ``GPT``) leaves out of the loss.
-IGNORE_INDEX = -100
 
 
 # --- the template -------------------------------------------------------------------------------
@@ -143,16 +146,9 @@ def sft_batches(examples: Sequence[Example], batch_size: int, pad_id: int) -> Ca
     examples = list(examples)
     if not examples:
         raise ValueError("sft_batches needs at least one example.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     if any(bool((y == IGNORE_INDEX).all()) for _, y in examples):
         raise ValueError("some examples have no response tokens to learn (every target is IGNORE_INDEX).")
-
-    def batch_fn(generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        rows = torch.randint(len(examples), (batch_size,), generator=generator).tolist()
-        return pad_examples([examples[i] for i in rows], pad_id)
-
-    return batch_fn
+    return random_batches(len(examples), batch_size, lambda rows: pad_examples([examples[i] for i in rows], pad_id))
 
 
 @torch.no_grad()
@@ -162,15 +158,13 @@ def respond(model: nn.Module, encode: Callable[[str], Sequence[int] | Tensor], d
 
     Decodes one token at a time with a KV cache and stops as soon as the marker appears.
     """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     idx = torch.as_tensor(encode(prompt), dtype=torch.long, device=device)[None]
     block = model.config.block_size
     if idx.shape[1] + max_new_tokens > block:
         max_new_tokens = max(0, block - idx.shape[1])
     out: list[int] = []
-    try:
+    with eval_mode(model):
         cache = model.new_cache()
         logits, _ = model(idx, cache=cache)
         for _ in range(max_new_tokens):
@@ -182,8 +176,6 @@ def respond(model: nn.Module, encode: Callable[[str], Sequence[int] | Tensor], d
             if len(out) == max_new_tokens:
                 break
             logits, _ = model(torch.tensor([[nxt]], device=device), cache=cache)
-    finally:
-        model.train(was_training)
     return decode(out)
 
 
@@ -194,8 +186,6 @@ JsonlReport = RowReport
 
 
 def _open_lines(name: str, file: str | None) -> list[str]:
-    from lmlib import data
-
     path = data.path(name, file)
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as f:
@@ -209,8 +199,6 @@ def read_jsonl(name: str, file: str | None = None, required: Sequence[str] = (),
     A row is skipped if it is not valid JSON, not an object, misses a ``required`` key or has an
     empty value there, or if ``check(row)`` returns a reason.
     """
-    from lmlib import data
-
     lines = _open_lines(name, file)
     if lines and lines[-1] == "":
         lines.pop()
@@ -356,11 +344,7 @@ def sequence_logprob(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     With ``(x, y)`` from :func:`encode_example`, that is the log-probability of the response given
     the prompt, the quantity DPO compares between two responses.
     """
-    logits, _ = model(x)
-    logp = F.log_softmax(logits.float(), dim=-1)
-    keep = y != IGNORE_INDEX
-    picked = logp.gather(-1, torch.where(keep, y, 0).unsqueeze(-1)).squeeze(-1)
-    return (picked * keep).sum(dim=1)
+    return target_logprobs(lm_logits(model, x), y).sum(dim=1)
 
 
 def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor,

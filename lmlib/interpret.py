@@ -20,7 +20,7 @@ control_labels(tokens, labels, generator) -> labels             Hewitt and Liang
 shuffled_labels(labels, generator) -> labels                    the same labels, order destroyed
 head_outputs(model, idx) -> (n_layer, B, T, n_head, head_dim)   what each head writes, before out_proj
 ablate_head(model, layer, head, mode="zero", means=None)        context manager
-head_ablation(model, idx, targets, mode="zero", means=None) -> (n_layer, n_head) loss increase
+head_ablation(model, idx, targets, mode="zero", means=None, progress=True) -> (n_layer, n_head) loss increase
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmlib.device import eval_mode
 from lmlib.model import GPT
 
 Tensor = torch.Tensor
@@ -74,20 +75,17 @@ def _head_index(model: GPT, head: int) -> int:
 def _hooked(model: GPT, hooks: list[tuple[nn.Module, str, object]]) -> Iterator[None]:
     """Register (module, kind, fn) hooks, run in eval mode without gradients, remove them after."""
     handles = []
-    was_training = model.training
     try:
         for module, kind, fn in hooks:
             if kind == "pre":
                 handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
             else:
                 handles.append(module.register_forward_hook(fn, with_kwargs=True))
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             yield
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
 
 
 def _no_cache(kwargs: dict) -> None:
@@ -367,9 +365,7 @@ def head_ablation(
     from tqdm.auto import tqdm
 
     _check_model(model)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.no_grad():
             clean = model(idx, targets)[1]
             L, H = model.config.n_layer, model.config.n_head
@@ -378,6 +374,4 @@ def head_ablation(
                 layer, head = divmod(k, H)
                 with ablate_head(model, layer, head, mode, means):
                     delta[layer, head] = (model(idx, targets)[1] - clean).item()
-    finally:
-        model.train(was_training)
     return delta

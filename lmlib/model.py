@@ -16,10 +16,14 @@ API summary
 LayerNorm(dim, bias=True, eps=1e-5), RMSNorm(dim, eps=1e-5)          (nn.Module)
 MLP(d_model, hidden, bias=True, dropout=0.0)            Linear -> GELU (tanh form) -> Linear
 SwiGLU(d_model, hidden, bias=False, dropout=0.0)        (silu(x W_gate) * x W_up) W_down
-Block(config, cross_attention=False)                    forward(x, cache=None, context=None)
-GPTConfig(vocab_size, block_size, n_layer, n_head, n_embd, dropout, bias, norm, mlp, pos,
-          tie_weights, n_kv_heads, prenorm, fast)       validated in __post_init__
-    .head_dim, .kv_heads, .mlp_hidden
+BlockConfig(*, n_embd=128, n_head=4, n_kv_heads=None, dropout=0.0, bias=True, norm="layer",
+            mlp="gelu", prenorm=True, fast=True)        validated in __post_init__
+    .head_dim, .kv_heads, .mlp_hidden, .norm_layer()
+Block(config, cross_attention=False, pos_fn=None)       config: any BlockConfig
+    forward(x, cache=None, context=None, context_mask=None)
+GPTConfig(vocab_size=65, block_size=128, n_layer=4, pos="learned", tie_weights=True, *, n_embd=128,
+          n_head=4, n_kv_heads=None, dropout=0.0, bias=True, norm="layer", mlp="gelu",
+          prenorm=True, fast=True)                      a BlockConfig with the model's own fields
 GPT(config)
     forward(idx, targets=None, cache=None) -> (logits, loss)
     hidden_states(idx, cache=None) -> (B, T, n_embd)     final-normed, before the LM head
@@ -28,6 +32,8 @@ GPT(config)
     flops_per_token(seq_len=None, backward=True) -> int  (training FLOPs per token by default)
 count_params(config, non_embedding=False) -> int        the same count from the formula alone
 num_params(module, trainable_only=False) -> int         the parameters of any module (shared ones once)
+GPTWithHead(gpt, n_outputs, pad_id, dropout=0.0)        a linear head on a GPT's hidden states (chapter 5)
+    features(x) -> (B, T, n_embd)
 """
 from __future__ import annotations
 
@@ -42,7 +48,7 @@ from lmlib.attention import KVCache, LearnedPositions, MultiHeadAttention, Rotar
 
 Tensor = torch.Tensor
 
-__all__ = ["LayerNorm", "RMSNorm", "MLP", "SwiGLU", "Block", "GPTConfig", "GPT", "count_params", "num_params"]
+__all__ = ["LayerNorm", "RMSNorm", "MLP", "SwiGLU", "BlockConfig", "Block", "GPTConfig", "GPT", "count_params", "num_params", "GPTWithHead"]
 
 
 # --- normalisation ------------------------------------------------------------------------------
@@ -75,12 +81,6 @@ class RMSNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         rms = torch.rsqrt(x.float().pow(2).mean(dim=-1, keepdim=True) + self.eps)
         return (x.float() * rms).to(x.dtype) * self.weight
-
-
-def _norm(config: GPTConfig) -> nn.Module:
-    if config.norm == "rms":
-        return RMSNorm(config.n_embd)
-    return LayerNorm(config.n_embd, bias=config.bias)
 
 
 # --- feed-forward networks ----------------------------------------------------------------------
@@ -117,39 +117,35 @@ class SwiGLU(nn.Module):
 
 # --- configuration ------------------------------------------------------------------------------
 
-@dataclass
-class GPTConfig:
-    """Every size and choice of a GPT, checked when the config is built (chapter 3, notebook 02).
+@dataclass(kw_only=True)
+class BlockConfig:
+    """What one Transformer block needs: width, heads, dropout and the block's design choices.
 
-    ``block_size`` is the context length (the longest sequence the model accepts). ``norm`` is
-    ``"layer"`` or ``"rms"``, ``mlp`` is ``"gelu"`` (hidden 4 * n_embd) or ``"swiglu"`` (hidden
-    8/3 * n_embd rounded up to a multiple of 8, so both have about the same parameter count),
-    ``pos`` is ``"learned"`` (GPT-2's position table) or ``"rope"`` (rotary, chapter 2).
-    ``n_kv_heads`` < ``n_head`` gives grouped-query attention. ``prenorm=False`` builds the
-    original post-norm block (norm after each residual addition). ``fast`` uses PyTorch's fused
-    attention; ``False`` runs chapter 2's explicit formula (same numbers, slower).
+    ``norm`` is ``"layer"`` or ``"rms"``; ``mlp`` is ``"gelu"`` (hidden 4 * n_embd) or
+    ``"swiglu"`` (hidden 8/3 * n_embd rounded up to a multiple of 8, so both have about the same
+    parameter count). ``n_kv_heads`` < ``n_head`` gives grouped-query attention. ``prenorm=False``
+    builds the original post-norm block (norm after each residual addition). ``fast`` uses
+    PyTorch's fused attention; ``False`` runs chapter 2's explicit formula (same numbers, slower).
+    :class:`GPTConfig` and :class:`lmlib.seq2seq.Seq2SeqConfig` are block configs with more fields
+    (keyword-only here, so their own fields keep their positions).
     """
 
-    vocab_size: int = 65
-    block_size: int = 128
-    n_layer: int = 4
-    n_head: int = 4
     n_embd: int = 128
+    n_head: int = 4
+    n_kv_heads: int | None = None
     dropout: float = 0.0
     bias: bool = True
     norm: str = "layer"
     mlp: str = "gelu"
-    pos: str = "learned"
-    tie_weights: bool = True
-    n_kv_heads: int | None = None
     prenorm: bool = True
     fast: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
+        name = type(self).__name__
+        for field_name in ("n_head", "n_embd"):
+            value = getattr(self, field_name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}.")
+                raise ValueError(f"{name}.{field_name} must be a positive integer, got {value!r}.")
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: each head gets "
@@ -162,12 +158,9 @@ class GPTConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
-        choices = {"norm": ("layer", "rms"), "mlp": ("gelu", "swiglu"), "pos": ("learned", "rope")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"GPTConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}.")
-        if self.pos == "rope" and self.head_dim % 2:
-            raise ValueError(f"rotary positions need an even head_dim, got n_embd / n_head = {self.head_dim}.")
+        for field_name, allowed in {"norm": ("layer", "rms"), "mlp": ("gelu", "swiglu")}.items():
+            if getattr(self, field_name) not in allowed:
+                raise ValueError(f"{name}.{field_name} must be one of {allowed}, got {getattr(self, field_name)!r}.")
 
     @property
     def head_dim(self) -> int:
@@ -183,6 +176,40 @@ class GPTConfig:
             return 4 * self.n_embd
         return 8 * math.ceil(8 * self.n_embd / 3 / 8)
 
+    def norm_layer(self) -> nn.Module:
+        """A fresh normalisation layer of this config's kind (``norm``, ``bias``) and width."""
+        if self.norm == "rms":
+            return RMSNorm(self.n_embd)
+        return LayerNorm(self.n_embd, bias=self.bias)
+
+
+@dataclass
+class GPTConfig(BlockConfig):
+    """Every size and choice of a GPT, checked when the config is built (chapter 3, notebook 02).
+
+    ``block_size`` is the context length (the longest sequence the model accepts). ``pos`` is
+    ``"learned"`` (GPT-2's position table) or ``"rope"`` (rotary, chapter 2). The block's fields
+    (``n_embd``, ``n_head``, ``n_kv_heads``, ``dropout``, ``bias``, ``norm``, ``mlp``,
+    ``prenorm``, ``fast``) come from :class:`BlockConfig` and are given by keyword.
+    """
+
+    vocab_size: int = 65
+    block_size: int = 128
+    n_layer: int = 4
+    pos: str = "learned"
+    tie_weights: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}.")
+        super().__post_init__()
+        if self.pos not in ("learned", "rope"):
+            raise ValueError(f"GPTConfig.pos must be one of ('learned', 'rope'), got {self.pos!r}.")
+        if self.pos == "rope" and self.head_dim % 2:
+            raise ValueError(f"rotary positions need an even head_dim, got n_embd / n_head = {self.head_dim}.")
+
 
 # --- the block ----------------------------------------------------------------------------------
 
@@ -195,18 +222,18 @@ class Block(nn.Module):
     output in an encoder-decoder, chapter 5).
     """
 
-    def __init__(self, config: GPTConfig, cross_attention: bool = False, pos_fn=None) -> None:
+    def __init__(self, config: BlockConfig, cross_attention: bool = False, pos_fn=None) -> None:
         super().__init__()
         self.prenorm = config.prenorm
         mha = dict(bias=config.bias, dropout=config.dropout, fast=config.fast)
-        self.ln_1 = _norm(config)
+        self.ln_1 = config.norm_layer()
         self.attn = MultiHeadAttention(config.n_embd, config.n_head, config.n_kv_heads, causal=True, pos_fn=pos_fn, **mha)
         if cross_attention:
-            self.ln_cross = _norm(config)
+            self.ln_cross = config.norm_layer()
             self.cross_attn = MultiHeadAttention(config.n_embd, config.n_head, config.n_kv_heads, **mha)
         else:
             self.cross_attn = None
-        self.ln_2 = _norm(config)
+        self.ln_2 = config.norm_layer()
         if config.mlp == "gelu":
             self.mlp = MLP(config.n_embd, config.mlp_hidden, config.bias, config.dropout)
         else:
@@ -251,7 +278,7 @@ class GPT(nn.Module):
         rope = RotaryEmbedding(config.head_dim) if config.pos == "rope" else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, pos_fn=rope) for _ in range(config.n_layer))
-        self.ln_f = _norm(config)
+        self.ln_f = config.norm_layer()
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
@@ -362,6 +389,31 @@ class GPT(nn.Module):
         matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
         forward = 2 * matmul + c.n_layer * 4 * T * c.n_embd
         return 3 * forward if backward else forward
+
+
+class GPTWithHead(nn.Module):
+    """A GPT body with a linear head on its final hidden states: the base of chapter 5's task models.
+
+    Chapter 5 puts a classifier (:class:`lmlib.classify.GPTClassifier`), a tagger
+    (:class:`lmlib.spans.GPTTokenClassifier`) and a span extractor
+    (:class:`lmlib.spans.GPTSpanExtractor`) on a pretrained GPT; each differs only in how it
+    reads the hidden states and which loss it takes. ``pad_id`` marks right padding. The head
+    starts small (normal, std 0.02, zero bias), like the GPT's own initialisation.
+    """
+
+    def __init__(self, gpt: GPT, n_outputs: int, pad_id: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if not isinstance(gpt, GPT):
+            raise TypeError(f"{type(self).__name__} wraps an lmlib.model.GPT, got {type(gpt).__name__}.")
+        self.gpt, self.pad_id = gpt, int(pad_id)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(gpt.config.n_embd, n_outputs)
+        nn.init.normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def features(self, x: Tensor) -> Tensor:
+        """(B, T, n_embd): the GPT's final hidden states, with the head's dropout."""
+        return self.dropout(self.gpt.hidden_states(x))
 
 
 def count_params(config: GPTConfig, non_embedding: bool = False) -> int:

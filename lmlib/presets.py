@@ -1,4 +1,4 @@
-"""The scale presets: how big every run of the course is, chosen once per build or session.
+"""The scale presets: how big every run of the course is, chosen once per build or notebook run.
 
 Derived in the appendix page "Setting up" (chapters/appendix/setup.md). A preset changes sizes and
 step counts, never the code path:

@@ -32,8 +32,9 @@ exposure(rank, space_size) -> float
 estimated_exposure(canary_log_perplexity, sample_log_perplexities) -> float
 sequence_log_perplexity(model, context_ids, continuations, batch_size=512) -> (N,) bits
 space_log_perplexities(model, context_ids, alphabet_ids, length, batch_size=512) -> (|A|**L,) bits
-measure_exposure(model, tokenizer, canary, context="") -> ExposureResult(rank, space_size, exposure, log_perplexity)
-sample_exposure(model, tokenizer, canary, n_samples, generator, context="") -> float
+measure_exposure(model, tokenizer, canary, context="", batch_size=512)
+    -> ExposureResult(rank, space_size, exposure, log_perplexity)
+sample_exposure(model, tokenizer, canary, n_samples, generator, context="", batch_size=512) -> float
 extract(model, tokenizer, prompt, length, beam_size=1) -> str
 is_extracted(model, tokenizer, canary, context="", beam_size=1) -> bool
 """
@@ -45,6 +46,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from lmlib.device import eval_mode, model_device
+from lmlib.generate import beam_search, continuation_logprob, lm_logits
 
 Tensor = torch.Tensor
 
@@ -225,20 +229,6 @@ def estimated_exposure(canary_log_perplexity: float, sample_log_perplexities) ->
 # --- scoring candidates with a model -------------------------------------------------------------
 
 
-def _logits(model, ids: Tensor) -> Tensor:
-    out = model(ids)
-    logits = out[0] if isinstance(out, (tuple, list)) else out
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or logits.shape[:2] != ids.shape:
-        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"the model must map ids {tuple(ids.shape)} to logits (B, T, V), got {got}.")
-    return logits
-
-
-def _device(model) -> torch.device:
-    params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
-    return params[0].device if params else torch.device("cpu")
-
-
 def _check_ids(context: Tensor, length: int, model) -> None:
     if not isinstance(context, torch.Tensor) or context.dim() != 1 or context.numel() == 0:
         shape = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context).__name__
@@ -250,22 +240,6 @@ def _check_ids(context: Tensor, length: int, model) -> None:
                          f"context of {block} tokens; shorten the context.")
 
 
-class _EvalMode:
-    """Put a module in eval mode for the duration of a block, then restore its mode."""
-
-    def __init__(self, model):
-        self.model, self.was_training = model, getattr(model, "training", False)
-
-    def __enter__(self):
-        if isinstance(self.model, torch.nn.Module):
-            self.model.eval()
-
-    def __exit__(self, *exc):
-        if isinstance(self.model, torch.nn.Module):
-            self.model.train(self.was_training)
-        return False
-
-
 @torch.no_grad()
 def sequence_log_perplexity(model, context_ids: Tensor, continuations: Tensor, batch_size: int = 512) -> Tensor:
     """``-log2 P(continuation | context)`` in bits for each row of ``continuations`` (N, L)."""
@@ -273,13 +247,12 @@ def sequence_log_perplexity(model, context_ids: Tensor, continuations: Tensor, b
         shape = tuple(continuations.shape) if isinstance(continuations, torch.Tensor) else type(continuations).__name__
         raise ValueError(f"continuations must be a (N, L) tensor of token ids with L >= 1, got {shape}.")
     _check_ids(context_ids, continuations.shape[1], model)
-    device, C = _device(model), len(context_ids)
+    device, C = model_device(model), len(context_ids)
     out = []
-    with _EvalMode(model):
+    with eval_mode(model):
         for chunk in continuations.long().split(batch_size):
             ids = torch.cat([context_ids.long().expand(len(chunk), -1), chunk], dim=1).to(device)
-            logp = F.log_softmax(_logits(model, ids[:, :-1]).float(), dim=-1)[:, C - 1:]
-            out.append(-logp.gather(-1, ids[:, C:, None]).squeeze(-1).sum(-1).cpu() / math.log(2))
+            out.append(-continuation_logprob(model, ids, start=C).cpu() / math.log(2))
     return torch.cat(out).double()
 
 
@@ -303,14 +276,14 @@ def space_log_perplexities(
         raise ValueError(f"{A}**{length} candidates are too many to enumerate; estimate the exposure "
                          "from a sample with sample_exposure().")
     _check_ids(context_ids, length, model)
-    device, C = _device(model), len(context_ids)
+    device, C = model_device(model), len(context_ids)
     powers = A ** torch.arange(length - 2, -1, -1)
     heads = alphabet_ids[(torch.arange(A ** (length - 1))[:, None] // powers) % A]  # (A**(L-1), L-1)
     out = []
-    with _EvalMode(model):
+    with eval_mode(model):
         for chunk in heads.split(batch_size):
             ids = torch.cat([context_ids.long().expand(len(chunk), -1), chunk], dim=1).to(device)
-            logp = F.log_softmax(_logits(model, ids).float(), dim=-1)
+            logp = F.log_softmax(lm_logits(model, ids).float(), dim=-1)
             head = logp[:, C - 1:-1].gather(-1, ids[:, C:, None]).squeeze(-1).sum(-1)  # (n,)
             last = logp[:, -1, alphabet_ids.to(device)]  # (n, A)
             out.append((head[:, None] + last).flatten().cpu())
@@ -370,11 +343,10 @@ def sample_exposure(
 
 def extract(model, tokenizer, prompt: str, length: int, beam_size: int = 1) -> str:
     """The ``length`` tokens the model writes after ``prompt``: greedy (``beam_size=1``) or beam search."""
-    from lmlib.generate import beam_search
 
     if not isinstance(length, int) or length < 1:
         raise ValueError(f"length must be a positive integer, got {length!r}.")
-    idx = tokenizer.encode(prompt)[None].to(_device(model))
+    idx = tokenizer.encode(prompt)[None].to(model_device(model))
     if idx.shape[1] == 0:
         raise ValueError("the prompt is empty: give the model at least one token to continue.")
     out, _ = beam_search(model, idx, length, beam_size=beam_size, length_penalty=0.0)

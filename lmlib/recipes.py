@@ -14,8 +14,8 @@ learning rate reach the same loss in about a third of the time.
 """
 from __future__ import annotations
 
-from lmlib.presets import scaled
 from lmlib.model import GPTConfig
+from lmlib.presets import scaled
 from lmlib.train import TrainConfig
 
 _SCHEDULE = dict(betas=(0.9, 0.99), weight_decay=0.1, grad_clip=1.0)

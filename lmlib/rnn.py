@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmlib.device import eval_mode, model_device
+
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -27,7 +29,7 @@ class RNNLM(nn.Module):
       this layer costs far more than the recurrent layers.
     - ``cutoffs=[c1, c2, ...]``: the adaptive softmax of Grave et al. (2017),
       ``nn.AdaptiveLogSoftmaxWithLoss``. Frequent words (ids below ``c1``; the vocabulary must be
-      sorted by frequency, as :class:`lmlib.ngram.Vocab` is) sit in a small head softmax, rare
+      sorted by frequency, as :class:`lmlib.tokenizers.Vocab` sorts them) sit in a small head softmax, rare
       words in clusters with narrower projections that are only evaluated for the tokens that
       need them. Probabilities still sum to one over all V words.
 
@@ -147,16 +149,14 @@ def bptt_windows(rows: torch.Tensor, bptt: int) -> Iterator[tuple[torch.Tensor, 
 @torch.no_grad()
 def evaluate(model: RNNLM, rows: torch.Tensor, bptt: int = 35) -> float:
     """Mean negative log-likelihood (nats per token) over batchified rows, carrying the state."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    total, count, state = 0.0, 0, None
-    for x, y in bptt_windows(rows, bptt):
-        x, y = x.to(device), y.to(device)
-        h, state = model.features(x, state)
-        total += -model.target_log_probs(h, y).sum().item()
-        count += y.numel()
-    model.train(was_training)
+    with eval_mode(model):
+        device = model_device(model)
+        total, count, state = 0.0, 0, None
+        for x, y in bptt_windows(rows, bptt):
+            x, y = x.to(device), y.to(device)
+            h, state = model.features(x, state)
+            total += -model.target_log_probs(h, y).sum().item()
+            count += y.numel()
     return total / count
 
 
@@ -170,13 +170,11 @@ def gradient_by_distance(model: RNNLM, x: torch.Tensor) -> torch.Tensor:
     """
     if x.dim() != 2 or x.shape[1] < 2:
         raise ValueError(f"x must be (batch, T) token ids with T >= 2, got shape {tuple(x.shape)}.")
-    was_training = model.training
-    model.eval()
-    e = model.embed(x[:, :-1]).detach().requires_grad_(True)
-    h, _ = model.features_embedded(e)
-    loss = -model.target_log_probs(h[:, -1], x[:, -1]).mean()
-    (grad,) = torch.autograd.grad(loss, e)
-    model.train(was_training)
+    with eval_mode(model):
+        e = model.embed(x[:, :-1]).detach().requires_grad_(True)
+        h, _ = model.features_embedded(e)
+        loss = -model.target_log_probs(h[:, -1], x[:, -1]).mean()
+        (grad,) = torch.autograd.grad(loss, e)
     return grad.norm(dim=-1).mean(dim=0).flip(0)  # index d = distance back from the last input
 
 

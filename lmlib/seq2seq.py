@@ -16,9 +16,9 @@ right (teacher forcing), so ``model(src, targets=y) -> (logits, loss)`` follows
 API summary
 -----------
 Seq2SeqConfig(src_vocab_size, tgt_vocab_size, max_src_len=32, max_tgt_len=32, n_encoder_layer=3,
-              n_decoder_layer=3, n_head=4, n_embd=128, dropout=0.1, bias=True, norm, mlp, prenorm,
-              fast, shared_vocab=False, tie_weights=True, src_pad_id=0, tgt_pad_id=0, bos_id=1,
-              eos_id=2)
+              n_decoder_layer=3, shared_vocab=False, tie_weights=True, src_pad_id=0, tgt_pad_id=0,
+              bos_id=1, eos_id=2, *, n_embd=128, n_head=4, n_kv_heads=None, dropout=0.1, bias=True,
+              norm="layer", mlp="gelu", prenorm=True, fast=True)        a BlockConfig
 Seq2Seq(config)
     forward(src, targets=None, tgt_in=None) -> (logits (B, T, V_tgt), loss or None)
     encode(src) -> (memory (B, S, C), src_mask (B, 1, 1, S))
@@ -34,7 +34,8 @@ target_words(vocab, ids) -> list[str]          stop at <eos>, skip <pad> and <bo
 normalize(text), tokenize(text), detokenize(tokens)
 read_pairs(lines) -> (pairs, PairReport)   load_pairs(max_lines=None) -> (pairs, PairReport)   ("fra-eng")
 group_split(pairs, fractions, seed) -> (train, val, test)   no sentence shared across splits
-pad_batch(seqs, pad_id, eos_id=None) -> (B, L)   pair_batches(src, tgt, batch_size, ...) -> batch_fn
+pad_batch(seqs, pad_id, length=None) -> (B, L)
+pair_batches(src, tgt, batch_size, src_pad_id=0, tgt_pad_id=0) -> batch_fn
 """
 from __future__ import annotations
 
@@ -42,15 +43,17 @@ import math
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from lmlib.attention import LearnedPositions
-from lmlib.data import RowReport, pad_right
-from lmlib.model import Block, GPTConfig, _norm
+from lmlib.data import RowReport, pad_right, random_batches, read_text
+from lmlib.device import eval_mode
+from lmlib.generate import next_token
+from lmlib.model import Block, BlockConfig
 from lmlib.tokenizers import Vocab
 
 Tensor = torch.Tensor
@@ -64,13 +67,15 @@ __all__ = [
 # --- configuration ------------------------------------------------------------------------------
 
 @dataclass
-class Seq2SeqConfig:
+class Seq2SeqConfig(BlockConfig):
     """Sizes and special ids of an encoder-decoder, checked when the config is built.
 
     ``shared_vocab=True`` means source and target use one vocabulary (e.g. a joint BPE): one
     embedding table serves both sides, so the two vocabulary sizes and pad ids must agree.
-    ``tie_weights`` makes the output layer reuse the target embedding. The block options (``norm``,
-    ``mlp``, ``prenorm``, ``fast``) mean what they mean in :class:`lmlib.model.GPTConfig`.
+    ``tie_weights`` makes the output layer reuse the target embedding. The block's fields (``n_embd``,
+    ``n_head``, ``n_kv_heads``, ``dropout``, ``bias``, ``norm``, ``mlp``, ``prenorm``, ``fast``) come
+    from :class:`lmlib.model.BlockConfig` and are given by keyword; every encoder and decoder
+    block is built from this config.
     """
 
     src_vocab_size: int
@@ -79,14 +84,7 @@ class Seq2SeqConfig:
     max_tgt_len: int = 32
     n_encoder_layer: int = 3
     n_decoder_layer: int = 3
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.1
-    bias: bool = True
-    norm: str = "layer"
-    mlp: str = "gelu"
-    prenorm: bool = True
-    fast: bool = True
+    dropout: float = field(default=0.1, kw_only=True)  # a translation model this small overfits without it
     shared_vocab: bool = False
     tie_weights: bool = True
     src_pad_id: int = 0
@@ -118,17 +116,7 @@ class Seq2SeqConfig:
                 f"({self.src_vocab_size}, {self.tgt_vocab_size}) and the pad ids ({self.src_pad_id}, "
                 f"{self.tgt_pad_id}) must be equal. Use shared_vocab=False for separate vocabularies."
             )
-        self.block_config()  # GPTConfig checks n_embd, n_head, dropout and the block options
-
-    def block_config(self) -> GPTConfig:
-        """The :class:`lmlib.model.GPTConfig` that every encoder and decoder block is built from."""
-        return GPTConfig(
-            vocab_size=max(self.src_vocab_size, self.tgt_vocab_size),
-            block_size=max(self.max_src_len, self.max_tgt_len),
-            n_layer=self.n_encoder_layer + self.n_decoder_layer, n_head=self.n_head, n_embd=self.n_embd,
-            dropout=self.dropout, bias=self.bias, norm=self.norm, mlp=self.mlp, prenorm=self.prenorm,
-            fast=self.fast,
-        )
+        super().__post_init__()  # the block's fields: width, heads, dropout, norm and MLP kinds
 
 
 # --- the model ----------------------------------------------------------------------------------
@@ -149,17 +137,16 @@ class Seq2Seq(nn.Module):
         if not isinstance(config, Seq2SeqConfig):
             raise TypeError(f"Seq2Seq needs a Seq2SeqConfig, got {type(config).__name__}.")
         self.config = c = config
-        bc = c.block_config()
         self.src_emb = nn.Embedding(c.src_vocab_size, c.n_embd)
         self.tgt_emb = self.src_emb if c.shared_vocab else nn.Embedding(c.tgt_vocab_size, c.n_embd)
         self.src_pos = LearnedPositions(c.max_src_len, c.n_embd)
         self.tgt_pos = LearnedPositions(c.max_tgt_len, c.n_embd)
         self.drop = nn.Dropout(c.dropout)
-        self.encoder = nn.ModuleList(Block(bc) for _ in range(c.n_encoder_layer))
+        self.encoder = nn.ModuleList(Block(c) for _ in range(c.n_encoder_layer))
         for block in self.encoder:
             block.attn.causal = False  # an encoder position sees the whole source
-        self.decoder = nn.ModuleList(Block(bc, cross_attention=True) for _ in range(c.n_decoder_layer))
-        self.ln_enc, self.ln_dec = _norm(bc), _norm(bc)
+        self.decoder = nn.ModuleList(Block(c, cross_attention=True) for _ in range(c.n_decoder_layer))
+        self.ln_enc, self.ln_dec = c.norm_layer(), c.norm_layer()
         self.lm_head = nn.Linear(c.n_embd, c.tgt_vocab_size, bias=False)
         self.apply(self._init_weights)
         depth = c.n_encoder_layer + c.n_decoder_layer
@@ -264,8 +251,6 @@ class Seq2Seq(nn.Module):
         Each decoder block's cross-attention is run a second time with ``return_weights=True`` on
         the inputs it received (a forward hook), so the model's own forward pass is unchanged.
         """
-        was_training = self.training
-        self.eval()
         found: list[Tensor] = []
 
         def hook(module, args, kwargs, output):
@@ -274,11 +259,11 @@ class Seq2Seq(nn.Module):
 
         handles = [b.cross_attn.register_forward_hook(hook, with_kwargs=True) for b in self.decoder]
         try:
-            self(src, tgt_in=tgt_in)
+            with eval_mode(self):
+                self(src, tgt_in=tgt_in)
         finally:
             for h in handles:
                 h.remove()
-            self.train(was_training)
         return torch.stack(found)
 
 
@@ -313,12 +298,8 @@ def greedy_decode(model: Seq2Seq, src: Tensor, max_new_tokens: int | None = None
     Stops for a sentence at its first <eos> and for the batch when every sentence has one. Returns
     the generated ids without <bos> and <eos>. No KV cache: the decoder reruns the prefix each step.
     """
-    from lmlib.generate import next_token
-
     n, c = _max_new(model, max_new_tokens), model.config
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         memory, mask = model.encode(src)
         out = torch.full((src.shape[0], 1), c.bos_id, dtype=torch.long, device=src.device)
         done = torch.zeros(src.shape[0], 1, dtype=torch.bool, device=src.device)
@@ -329,8 +310,6 @@ def greedy_decode(model: Seq2Seq, src: Tensor, max_new_tokens: int | None = None
             done |= nxt == c.eos_id
             if bool(done.all()):
                 break
-    finally:
-        model.train(was_training)
     return [_strip(row[1:], c.eos_id) for row in out.tolist()]
 
 
@@ -355,9 +334,7 @@ def beam_search(model: Seq2Seq, src: Tensor, beam_size: int = 4, length_penalty:
     if not math.isfinite(length_penalty):
         raise ValueError(f"length_penalty must be a finite number (0: raw log-probability), got {length_penalty!r}.")
     n, c, K = _max_new(model, max_new_tokens), model.config, beam_size
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         memory, mask = model.encode(src)
         B = src.shape[0]
         memory, mask = memory.repeat_interleave(K, dim=0), mask.repeat_interleave(K, dim=0)
@@ -386,8 +363,6 @@ def beam_search(model: Seq2Seq, src: Tensor, beam_size: int = 4, length_penalty:
             beam, tok, logp = beam.gather(1, keep), tok.gather(1, keep), top_lp.gather(1, keep)
             rows = (torch.arange(B, device=src.device)[:, None] * K + beam).flatten()
             seqs = torch.cat([seqs[rows], tok.flatten()[:, None]], dim=1)
-    finally:
-        model.train(was_training)
     results, scores = [], []
     for b in range(B):
         options = list(finished[b])
@@ -509,8 +484,6 @@ def load_pairs(max_lines: int | None = None) -> tuple[list[tuple[str, str]], Pai
     The file is sorted by the length of the English sentence, so the first ``max_lines`` lines
     are the shortest pairs.
     """
-    from lmlib.data import read_text
-
     if max_lines is not None and max_lines < 1:
         raise ValueError(f"max_lines must be >= 1 or None (the whole file), got {max_lines}.")
     return read_pairs(read_text("fra-eng").split("\n", max_lines)[:max_lines])
@@ -571,11 +544,5 @@ def pair_batches(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], bat
     """
     if len(src) != len(tgt) or not src:
         raise ValueError(f"src and tgt must be non-empty and the same length, got {len(src)} and {len(tgt)}.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-
-    def batch_fn(generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        idx = torch.randint(len(src), (batch_size,), generator=generator).tolist()
-        return pad_batch([src[i] for i in idx], src_pad_id), pad_batch([tgt[i] for i in idx], tgt_pad_id)
-
-    return batch_fn
+    return random_batches(len(src), batch_size, lambda rows: (pad_batch([src[i] for i in rows], src_pad_id),
+                                                                pad_batch([tgt[i] for i in rows], tgt_pad_id)))

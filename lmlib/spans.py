@@ -3,7 +3,7 @@
 Derived in chapter 5 ("Applications", notebook 04, token-level and span tasks). A classifier
 gives one label per text; here the model labels every word (NER, with BIO tags) or points at a
 span of its input (SQuAD-style question answering). Both heads sit on the hidden states of an
-:class:`lmlib.model.GPT` (:func:`lmlib.classify.hidden_states`). A decoder-only GPT is causal:
+:class:`lmlib.model.GPT` (:class:`lmlib.model.GPTWithHead`). A decoder-only GPT is causal:
 position t sees only positions <= t. Everything below is built with that in mind (labels on
 sub-words, the question placed *before* the context).
 
@@ -12,25 +12,27 @@ API summary
 NER data and metrics
     Sentence(tokens, tags); ConllReport
     parse_conll(lines, source) -> (sentences, report)   load_wnut17(split) -> (sentences, report)
+    WNUT17_FILES: {split: file}
     WNUT17_TYPES, bio_labels(types) -> ["O", "B-x", "I-x", ...]
     bio_to_spans(tags) -> [(type, start, end)]            (CoNLL convention; end exclusive)
     spans_to_bio(spans, length) -> tags
-    entity_scores(gold_tag_seqs, pred_tag_seqs) -> {"precision", "recall", "f1", "per_type", ...}
+    entity_scores(gold, pred) -> {"precision", "recall", "f1", "per_type", ...}   tag sequences
 Sub-word alignment and the tagging head
     encode_words(tokenizer, words) -> (ids, word_of_token)
     align_labels(word_of_token, word_labels, position="first") -> token labels (-100 = ignored)
     word_predictions(token_pred, word_of_token, n_words, position="first") -> one label per word
     GPTTokenClassifier(gpt, n_labels, pad_id, dropout=0.0): forward(x, targets) -> (logits, loss)
-    tagging_batches(ids, labels, batch_size, pad_id) -> batch_fn;  pad_rows(rows, value) -> (N, T)
+    tagging_batches(ids, labels, batch_size, pad_id) -> batch_fn;  pad_rows(rows, value, length=None) -> (N, T)
 SQuAD data and metrics (the official v1.1 definitions, rewritten)
-    SquadExample; load_squad(name="squad-v1.1-dev") -> (examples, report)
+    SquadExample; SquadReport; load_squad(name="squad-v1.1-dev", file=None) -> (examples, report)
     normalize_answer(s), exact_match(pred, golds), token_f1(pred, golds)
     squad_scores(predictions, examples) -> {"exact_match", "f1", "n"}   (percentages)
 Span extraction
     token_offsets(tokenizer, text) -> [(char_start, char_end)] per token
     char_span_to_tokens(offsets, start, end) -> (first_token, last_token) or None
     QAFeature; qa_features(tokenizer, example, sep_id, max_len, max_question, stride)
-    GPTSpanExtractor(gpt, pad_id, sep_id): forward(x, targets (B, 2)) -> (logits (B, T, 2), loss)
+    GPTSpanExtractor(gpt, pad_id, sep_id, dropout=0.0): forward(x, targets (B, 2)) -> (logits (B, T, 2), loss)
+    span_batches(features, batch_size, pad_id) -> batch_fn   over the features that hold their answer
     best_span(start_logits, end_logits, max_answer_tokens) -> (start, end, score)
     predict_answers(model, features, contexts, ...) -> {question id: answer text}
 """
@@ -44,17 +46,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from lmlib.data import RowReport, pad_right
-from lmlib.model import GPT
+from lmlib import data
+from lmlib.data import IGNORE_INDEX, RowReport, pad_right, random_batches
+from lmlib.device import eval_mode, model_device
+from lmlib.model import GPT, GPTWithHead
 
 Tensor = torch.Tensor
-IGNORE = -100  # the label that F.cross_entropy skips (its default ignore_index)
 
 __all__ = [
-    "IGNORE", "Sentence", "ConllReport", "parse_conll", "load_wnut17", "WNUT17_FILES", "WNUT17_TYPES",
+    "Sentence", "ConllReport", "parse_conll", "load_wnut17", "WNUT17_FILES", "WNUT17_TYPES",
     "bio_labels", "bio_to_spans", "spans_to_bio", "entity_scores", "encode_words", "align_labels",
     "word_predictions", "GPTTokenClassifier", "tagging_batches", "pad_rows", "SquadExample", "SquadReport",
     "load_squad", "normalize_answer", "exact_match", "token_f1", "squad_scores", "token_offsets",
@@ -147,8 +149,6 @@ WNUT17_TYPES = ("corporation", "creative-work", "group", "location", "person", "
 
 def load_wnut17(split: str) -> tuple[list[Sentence], ConllReport]:
     """A WNUT-17 split (``"train"``, ``"dev"`` or ``"test"``) through :mod:`lmlib.data`."""
-    from lmlib import data
-
     if split not in WNUT17_FILES:
         raise ValueError(f"split must be one of {list(WNUT17_FILES)}, got {split!r}.")
     file = WNUT17_FILES[split]
@@ -253,7 +253,7 @@ def encode_words(tokenizer, words: Sequence[str]) -> tuple[list[int], list[int]]
 
 
 def align_labels(word_of_token: Sequence[int], word_labels: Sequence[int], position: str = "first") -> list[int]:
-    """One label per token: the word's label on one of its sub-tokens, :data:`IGNORE` elsewhere.
+    """One label per token: the word's label on one of its sub-tokens, :data:`lmlib.data.IGNORE_INDEX` elsewhere.
 
     ``position="first"`` labels each word's first sub-token (BERT's convention); ``"last"`` its
     last one, which in a causal model is the first position that has *seen* the whole word.
@@ -264,13 +264,13 @@ def align_labels(word_of_token: Sequence[int], word_labels: Sequence[int], posit
     n_words = len(word_labels)
     if any(not 0 <= w < n_words for w in word_of_token):
         raise ValueError(f"word_of_token refers to words outside 0..{n_words - 1}: labels and tokens do not match.")
-    out = [IGNORE] * len(word_of_token)
+    out = [IGNORE_INDEX] * len(word_of_token)
     for t, w in enumerate(word_of_token):
         if position == "first" and (t == 0 or word_of_token[t - 1] != w):
             out[t] = word_labels[w]
         if position == "last" and (t == len(word_of_token) - 1 or word_of_token[t + 1] != w):
             out[t] = word_labels[w]
-    if sum(l != IGNORE for l in out) != n_words:
+    if sum(l != IGNORE_INDEX for l in out) != n_words:
         raise ValueError("some words have no token (or their tokens are not contiguous); encode with encode_words.")
     return out
 
@@ -281,41 +281,34 @@ def word_predictions(token_pred: Sequence[int], word_of_token: Sequence[int], n_
     labels = align_labels(word_of_token, list(range(n_words)), position)
     out = [0] * n_words
     for t, w in enumerate(labels):
-        if w != IGNORE:
+        if w != IGNORE_INDEX:
             out[w] = int(token_pred[t])
     return out
 
 
-class GPTTokenClassifier(nn.Module):
+class GPTTokenClassifier(GPTWithHead):
     """A GPT body with a linear head on *every* position: (B, T) ids -> (B, T, n_labels) logits.
 
-    ``targets`` (B, T) hold a label id per position, :data:`IGNORE` where no label applies (padding,
+    ``targets`` (B, T) hold a label id per position, :data:`lmlib.data.IGNORE_INDEX` where no label applies (padding,
     non-first sub-tokens); the loss is the mean cross-entropy over the labelled positions.
     Padding (``pad_id``) goes on the right; causal attention keeps it from changing earlier positions.
     """
 
     def __init__(self, gpt: GPT, n_labels: int, pad_id: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        if not isinstance(gpt, GPT):
-            raise TypeError(f"GPTTokenClassifier wraps an lmlib.model.GPT, got {type(gpt).__name__}.")
         if not isinstance(n_labels, int) or n_labels < 2:
             raise ValueError(f"n_labels must be an integer >= 2, got {n_labels!r}.")
-        self.gpt, self.pad_id = gpt, int(pad_id)
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(gpt.config.n_embd, n_labels)
-        nn.init.normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
+        super().__init__(gpt, n_labels, pad_id, dropout)
 
     def forward(self, x: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        logits = self.head(self.dropout(self.gpt.hidden_states(x)))
+        logits = self.head(self.features(x))
         loss = None
         if targets is not None:
             if targets.shape != x.shape:
                 raise ValueError(f"targets must have the shape of x {tuple(x.shape)} (one label per token), "
                                  f"got {tuple(targets.shape)}.")
-            if not (targets != IGNORE).any():
-                raise ValueError(f"every target is {IGNORE} (ignored): the batch has nothing to learn from.")
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten().long(), ignore_index=IGNORE)
+            if not (targets != IGNORE_INDEX).any():
+                raise ValueError(f"every target is {IGNORE_INDEX} (ignored): the batch has nothing to learn from.")
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten().long(), ignore_index=IGNORE_INDEX)
         return logits, loss
 
 
@@ -328,20 +321,14 @@ def tagging_batches(ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]
                     pad_id: int) -> Callable[[torch.Generator], tuple[Tensor, Tensor]]:
     """A ``batch_fn(generator) -> (x, y)`` of random sentences, right-padded to the longest drawn.
 
-    Padding positions get the label :data:`IGNORE`.
+    Padding positions get the label :data:`lmlib.data.IGNORE_INDEX`.
     """
     if len(ids) != len(labels) or not ids:
         raise ValueError(f"need as many label rows as id rows (and at least one), got {len(ids)} and {len(labels)}.")
     if any(len(a) != len(b) for a, b in zip(ids, labels)):
         raise ValueError("every id row needs a label row of the same length (use align_labels).")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-
-    def batch_fn(generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        rows = torch.randint(len(ids), (batch_size,), generator=generator).tolist()
-        return pad_rows([ids[r] for r in rows], pad_id), pad_rows([labels[r] for r in rows], IGNORE)
-
-    return batch_fn
+    return random_batches(len(ids), batch_size, lambda rows: (pad_rows([ids[r] for r in rows], pad_id),
+                                                                pad_rows([labels[r] for r in rows], IGNORE_INDEX)))
 
 
 # --- SQuAD: data and the official metrics -------------------------------------------------------
@@ -380,8 +367,6 @@ def load_squad(name: str = "squad-v1.1-dev", file: str | None = None) -> tuple[l
     Each answer's ``answer_start`` is checked against its text; a mismatch is counted (and the
     answer is still kept for scoring, which uses only the text).
     """
-    from lmlib import data
-
     raw = json.loads(data.read_text(name, file))
     if not isinstance(raw, dict) or "data" not in raw:
         raise ValueError(f"{name} is not SQuAD JSON: expected an object with a 'data' list of articles.")
@@ -542,7 +527,7 @@ def qa_features(tokenizer, example: SquadExample, sep_id: int, max_len: int, max
     return out
 
 
-class GPTSpanExtractor(nn.Module):
+class GPTSpanExtractor(GPTWithHead):
     """Start and end logits for every input position: ``(B, T) -> (B, T, 2)`` (chapter 5).
 
     The input is ``question, sep, context, pad...``; positions that are not context tokens (the
@@ -552,16 +537,10 @@ class GPTSpanExtractor(nn.Module):
     """
 
     def __init__(self, gpt: GPT, pad_id: int, sep_id: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        if not isinstance(gpt, GPT):
-            raise TypeError(f"GPTSpanExtractor wraps an lmlib.model.GPT, got {type(gpt).__name__}.")
         if pad_id == sep_id:
             raise ValueError("pad_id and sep_id must differ: one ends the input, the other opens the context.")
-        self.gpt, self.pad_id, self.sep_id = gpt, int(pad_id), int(sep_id)
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(gpt.config.n_embd, 2)
-        nn.init.normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
+        super().__init__(gpt, 2, pad_id, dropout)
+        self.sep_id = int(sep_id)
 
     def context_mask(self, x: Tensor) -> Tensor:
         """(B, T) bool: True on the context tokens (after the first separator, not padding)."""
@@ -572,7 +551,7 @@ class GPTSpanExtractor(nn.Module):
 
     def forward(self, x: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         mask = self.context_mask(x)
-        logits = self.head(self.dropout(self.gpt.hidden_states(x))).float()
+        logits = self.head(self.features(x)).float()
         logits = logits.masked_fill(~mask.unsqueeze(-1), -1e4)
         loss = None
         if targets is not None:
@@ -591,14 +570,8 @@ def span_batches(features: Sequence[QAFeature], batch_size: int,
     usable = [f for f in features if f.target is not None]
     if not usable:
         raise ValueError("no feature contains its answer: nothing to train on.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-
-    def batch_fn(generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        rows = torch.randint(len(usable), (batch_size,), generator=generator).tolist()
-        return pad_rows([usable[r].ids for r in rows], pad_id), torch.tensor([usable[r].target for r in rows])
-
-    return batch_fn
+    return random_batches(len(usable), batch_size, lambda rows: (pad_rows([usable[r].ids for r in rows], pad_id),
+                                                                   torch.tensor([usable[r].target for r in rows])))
 
 
 def best_span(start_logits: Tensor, end_logits: Tensor, max_answer_tokens: int = 30) -> tuple[int, int, float]:
@@ -619,19 +592,17 @@ def best_span(start_logits: Tensor, end_logits: Tensor, max_answer_tokens: int =
 def predict_answers(model: GPTSpanExtractor, features: Sequence[QAFeature], contexts: dict[str, str],
                     batch_size: int = 64, max_answer_tokens: int = 30) -> dict[str, str]:
     """The best-scoring answer text for each question, over all windows of its context."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    best: dict[str, tuple[float, str]] = {}
-    for k in range(0, len(features), batch_size):
-        chunk = features[k:k + batch_size]
-        logits = model(pad_rows([f.ids for f in chunk], model.pad_id).to(device))[0].cpu()
-        for f, lg in zip(chunk, logits):
-            n = len(f.offsets)
-            s, e, score = best_span(lg[f.context_start:f.context_start + n, 0],
-                                    lg[f.context_start:f.context_start + n, 1], max_answer_tokens)
-            if f.example_id not in best or score > best[f.example_id][0]:
-                text = contexts[f.example_id][f.offsets[s][0]:f.offsets[e][1]].strip()
-                best[f.example_id] = (score, text)
-    model.train(was_training)
+    with eval_mode(model):
+        device = model_device(model)
+        best: dict[str, tuple[float, str]] = {}
+        for k in range(0, len(features), batch_size):
+            chunk = features[k:k + batch_size]
+            logits = model(pad_rows([f.ids for f in chunk], model.pad_id).to(device))[0].cpu()
+            for f, lg in zip(chunk, logits):
+                n = len(f.offsets)
+                s, e, score = best_span(lg[f.context_start:f.context_start + n, 0],
+                                        lg[f.context_start:f.context_start + n, 1], max_answer_tokens)
+                if f.example_id not in best or score > best[f.example_id][0]:
+                    text = contexts[f.example_id][f.offsets[s][0]:f.offsets[e][1]].strip()
+                    best[f.example_id] = (score, text)
     return {qid: text for qid, (_, text) in best.items()}

@@ -8,14 +8,16 @@ tokens.
 API summary
 -----------
 CharTokenizer(chars)                           .from_text(text) .encode(text) .decode(ids) .vocab_size
+UNK = "<unk>"
 Vocab(words, specials=("<unk>",), unk="<unk>")  words to ids and back, the special tokens first
     .from_words(words, min_count=1, max_size=None, specials=("<unk>",), unk="<unk>")
     .encode(words, unknown="unk") -> Tensor  .encode_list(words, unknown="unk") -> list[int]
     .decode(ids) -> list[str]  .itos  .stoi  .unk  .vocab_size
-pretokenize(text) -> list[str]                 GPT-2-style pieces: words with their leading space
+pretokenize(text, pattern=PRETOKENIZE) -> list[str]   GPT-2-style pieces: words with their leading space
 WordTokenizer(words)                           .from_text(text, max_vocab=None) .encode(text) .decode(ids)
 merge_pair(ids, pair, new_id) -> list[int]
-ByteBPE                                        .train(text, vocab_size, special_tokens=()) .encode .decode ...
+ByteBPE  .train(text, vocab_size, special_tokens=(), pattern=PRETOKENIZE, progress=True)
+    .encode(text) -> Tensor  .encode_list(text) -> list[int]  .decode(ids) -> str
 """
 from __future__ import annotations
 
@@ -27,6 +29,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
+
+__all__ = [
+    "CharTokenizer", "UNK", "Vocab", "PRETOKENIZE", "pretokenize", "WordTokenizer",
+    "merge_pair", "ByteBPE",
+]
 
 
 class CharTokenizer:

@@ -32,12 +32,12 @@ API::
     token_batches(tokens, block_size, batch_size) -> batch_fn
     lm_loss(logits, targets) -> Tensor
     data_seed(seed, rank) -> int
+    CheckpointError                                  (from lmlib.checkpoint) a checkpoint that cannot be used
 """
 from __future__ import annotations
 
 import contextlib
 import math
-import os
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -54,8 +54,8 @@ from tqdm.auto import tqdm
 
 from lmlib import checkpoint as ckpt
 from lmlib.checkpoint import CheckpointError
-from lmlib.data import random_windows
-from lmlib.device import PRECISIONS, Precision, Runtime, runtime
+from lmlib.data import window_batches
+from lmlib.device import PRECISIONS, Runtime, runtime
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 BatchFn = Callable[[torch.Generator], Batch]
@@ -237,18 +237,8 @@ def _adamw(groups: list[dict], config: TrainConfig, device: torch.device) -> tor
 
 # ----------------------------------------------------------------------------- data and loss
 def token_batches(tokens: torch.Tensor, block_size: int, batch_size: int) -> BatchFn:
-    """A ``batch_fn`` of random windows from a 1-D token tensor (see :func:`lmlib.data.random_windows`)."""
-    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 1:
-        raise ValueError("token_batches needs a 1-D tensor of token ids.")
-    if block_size < 1 or batch_size < 1:
-        raise ValueError(f"block_size and batch_size must be >= 1, got {block_size} and {batch_size}.")
-    if len(tokens) <= block_size:
-        raise ValueError(f"Need more than block_size={block_size} tokens, got {len(tokens)}.")
-
-    def batch_fn(generator: torch.Generator) -> Batch:
-        return random_windows(tokens, block_size, batch_size, generator=generator)
-
-    return batch_fn
+    """A ``batch_fn`` of random windows from a 1-D token tensor (:func:`lmlib.data.window_batches`)."""
+    return window_batches(tokens, block_size, batch_size)
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -13,14 +13,15 @@ Adding an explorer: write ``draw(fig, **values)`` that fills a Matplotlib figure
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-
 import base64
 import io
+from collections.abc import Callable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
+
+from lmlib.generate import top_k_filter, top_p_filter
 
 try:
     import ipywidgets as W
@@ -142,8 +143,6 @@ def sampling_explorer(
     the website is a plain figure at a few temperatures (chapter 3, notebook 03).
     """
     W = _require_ipywidgets()
-    from lmlib.generate import top_k_filter, top_p_filter
-
     logits = torch.as_tensor(logits).detach().float().cpu()
     if logits.dim() != 1 or logits.numel() != len(labels):
         raise ValueError(f"logits must be 1-D with one score per label ({len(labels)}), got shape {tuple(logits.shape)}.")

@@ -6,11 +6,11 @@ import signal
 
 import pytest
 import torch
+from test_train import TinyLM, tokens
 from torch import nn
 
 from lmlib import checkpoint as ckpt
 from lmlib import train as T
-from test_train import TinyLM, tokens
 
 
 def config(tmp_path, **kw) -> T.TrainConfig:

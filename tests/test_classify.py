@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from lmlib import exercises
-from lmlib import classify
+from lmlib import classify, exercises
 from lmlib.model import GPT, GPTConfig
 
 PAD = 0
@@ -17,7 +16,7 @@ def tiny_gpt(seed=0, **kw):
 def test_hidden_states_reproduce_the_logits():
     gpt = tiny_gpt().eval()
     idx = torch.randint(20, (3, 7))
-    torch.testing.assert_close(gpt.lm_head(classify.hidden_states(gpt, idx)), gpt(idx)[0])
+    torch.testing.assert_close(gpt.lm_head(gpt.hidden_states(idx)), gpt(idx)[0])
 
 
 @pytest.mark.parametrize("pooling", ["last", "mean"])
@@ -35,7 +34,7 @@ def test_padding_does_not_change_the_logits(pooling):
 def test_last_pooling_reads_the_last_real_token_not_the_last_column():
     clf = classify.GPTClassifier(tiny_gpt(), 2, pad_id=PAD).eval()
     x = torch.tensor([[4, 5, 0, 0]])
-    h = classify.hidden_states(clf.gpt, x)
+    h = clf.gpt.hidden_states(x)
     torch.testing.assert_close(clf.pool(h, x != PAD), h[:, 1])
     assert not torch.allclose(h[:, 1], h[:, -1])
     torch.testing.assert_close(clf.pool(h, x != PAD), exercises.reference_last_token_pool(h, x != PAD))
@@ -160,7 +159,7 @@ def test_gpt2_layout_fits_the_classifier():
     clf = classify.GPTClassifier(gpt, 2, pad_id=49).eval()
     x = torch.tensor([[3, 4, 5, 49, 49]])
     h = hf(x[:, :3], output_hidden_states=True).hidden_states[-1]  # after GPT-2's final norm
-    torch.testing.assert_close(classify.hidden_states(gpt, x[:, :3]), h, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(gpt.hidden_states(x[:, :3]), h, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(clf(x)[0], clf.head(h[:, -1]), atol=1e-5, rtol=1e-4)
 
 

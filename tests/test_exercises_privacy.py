@@ -2,7 +2,6 @@
 import math
 import random
 
-
 from lmlib import exercises
 
 

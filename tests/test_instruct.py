@@ -7,7 +7,7 @@ import torch
 from lmlib import instruct as I
 from lmlib.model import GPT, GPTConfig
 from lmlib.tokenizers import CharTokenizer
-from lmlib.train import Trainer, TrainConfig, lm_loss
+from lmlib.train import TrainConfig, Trainer, lm_loss
 
 TPL = I.PromptTemplate()
 TOK = CharTokenizer.from_text("abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789#:\n<|>.,?-+=")

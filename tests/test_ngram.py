@@ -5,8 +5,8 @@ from collections import Counter
 import pytest
 import torch
 
-from lmlib.tokenizers import Vocab
 from lmlib import ngram
+from lmlib.tokenizers import Vocab
 
 # The corpus "a b c b a b" with a=0, b=1, c=2. Hand computation with D = 0.5 (see test docstrings).
 TOY = torch.tensor([0, 1, 2, 1, 0, 1])

@@ -75,6 +75,45 @@ def test_every_dataset_used_is_credited(nb):
     assert used <= credited, f"credit these data sets with lmlib.data.credit(): {sorted(used - credited)}"
 
 
+def configuration_problems(cells: list[dict]) -> list[str]:
+    """What breaks the one-configuration-cell convention (CONTRIBUTING.md) in a notebook's cells."""
+    code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+    problems = []
+    with_scaled = [i for i, src in enumerate(code) if re.search(r"\bscaled\(", src)]
+    if len(with_scaled) > 1:
+        problems.append(f"scaled(...) is called in {len(with_scaled)} code cells; keep every preset value in "
+                        "the one configuration cell (cfg = dict(...)) and read cfg elsewhere")
+    if with_scaled and not re.search(r"^cfg = ", code[with_scaled[0]], re.M):
+        problems.append("the cell that calls scaled(...) must build the configuration: cfg = dict(...)")
+    for i, src in enumerate(code):
+        if re.search(r"=\s*(lmlib\.presets\.)?scaled\s*$", src, re.M):
+            problems.append(f"code cell {i} aliases scaled (S = scaled): call scaled(...) by its name")
+        if re.search(r"presets\.scale\(\)\s*[!=]=", src):
+            problems.append(f"code cell {i} branches on the preset's name: make the branch a cfg value")
+        if re.search(r"log_every=max\(|warmup_steps=min\(", src):
+            problems.append(f"code cell {i} computes log_every or warmup_steps: TrainConfig's defaults do that")
+    return problems
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_one_configuration_cell(nb):
+    problems = configuration_problems(_cells(nb))
+    assert not problems, f"{nb.name}: " + "; ".join(problems)
+
+
+def test_the_configuration_check_catches_scattered_presets():
+    def cells(*sources):
+        return [{"cell_type": "code", "source": [src]} for src in sources]
+
+    good = cells("from lmlib.presets import scaled", "cfg = dict(\n    steps=scaled(smoke=2, cpu=9, gpu=99),\n)\ncfg",
+                 "Trainer(model, TrainConfig(max_steps=cfg['steps']), batches)")
+    assert configuration_problems(good) == []
+    assert configuration_problems(good + cells("n = scaled(smoke=1, cpu=2, gpu=3)"))
+    assert configuration_problems(cells("S = lmlib.presets.scaled\ncfg = dict(steps=S(smoke=1, cpu=2, gpu=3))"))
+    assert configuration_problems(cells("if lmlib.presets.scale() == 'smoke':\n    pass"))
+    assert configuration_problems(cells("TrainConfig(max_steps=n, log_every=max(1, n // 20))"))
+
+
 def test_every_page_is_in_the_toc_and_every_toc_entry_exists():
     toc = _toc_files()
     pages = {str(p.relative_to(ROOT).with_suffix("")) for p in NOTEBOOKS}

@@ -4,7 +4,7 @@ import torch
 
 import lmlib.generate
 from lmlib import seq2seq as s
-from lmlib.train import Trainer, TrainConfig
+from lmlib.train import TrainConfig, Trainer
 
 PAD, BOS, EOS = 0, 1, 2
 

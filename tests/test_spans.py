@@ -3,10 +3,9 @@ import pytest
 import torch
 
 from lmlib import spans as sp
-from lmlib.data import DataError
+from lmlib.data import IGNORE_INDEX, DataError
 from lmlib.model import GPT, GPTConfig
 from lmlib.tokenizers import ByteBPE
-
 
 # --- CoNLL reading ------------------------------------------------------------------------------
 
@@ -105,9 +104,9 @@ def test_encode_words_and_align_labels(tok):
     last = sp.align_labels(word_of, [1, 2, 0], position="last")
     n3 = word_of.count(2)
     assert n3 > 1  # an unseen word is split into several sub-words
-    assert first[len(ids) - n3:] == [0] + [sp.IGNORE] * (n3 - 1)
-    assert last[len(ids) - n3:] == [sp.IGNORE] * (n3 - 1) + [0]
-    assert sum(l != sp.IGNORE for l in first) == 3
+    assert first[len(ids) - n3:] == [0] + [IGNORE_INDEX] * (n3 - 1)
+    assert last[len(ids) - n3:] == [IGNORE_INDEX] * (n3 - 1) + [0]
+    assert sum(l != IGNORE_INDEX for l in first) == 3
     assert sp.word_predictions(first, word_of, 3) == [1, 2, 0]
     assert sp.word_predictions(last, word_of, 3, position="last") == [1, 2, 0]
     with pytest.raises(ValueError, match="outside"):
@@ -125,21 +124,21 @@ def test_token_classifier_shapes_loss_and_padding(tok):
     pad = tok.special_tokens["<|pad|>"]
     clf = sp.GPTTokenClassifier(tiny_gpt(tok.vocab_size), 5, pad).eval()
     ids = [[3, 4, 5], [6, 7, 8, 9, 10]]
-    labels = [[1, sp.IGNORE, 2], [0, 0, 4, sp.IGNORE, 3]]
+    labels = [[1, IGNORE_INDEX, 2], [0, 0, 4, IGNORE_INDEX, 3]]
     x, y = sp.tagging_batches(ids, labels, 4, pad)(torch.Generator().manual_seed(0))
-    assert x.shape == y.shape and (y[x == pad] == sp.IGNORE).all()
+    assert x.shape == y.shape and (y[x == pad] == IGNORE_INDEX).all()
     logits, loss = clf(x, y)
     assert logits.shape == (*x.shape, 5) and loss.ndim == 0
     # right padding does not change the logits of the real tokens (causal attention)
     torch.testing.assert_close(clf(torch.tensor([ids[0]]))[0][0], clf(sp.pad_rows([ids[0], ids[1]], pad))[0][0, :3])
     # the loss is the cross-entropy of the labelled positions only
-    flat = y.flatten() != sp.IGNORE
+    flat = y.flatten() != IGNORE_INDEX
     ref = torch.nn.functional.cross_entropy(logits.flatten(0, 1)[flat], y.flatten()[flat])
     torch.testing.assert_close(loss, ref)
     with pytest.raises(ValueError, match="shape of x"):
         clf(x, y[:, :1])
     with pytest.raises(ValueError, match="nothing to learn"):
-        clf(x, torch.full_like(x, sp.IGNORE))
+        clf(x, torch.full_like(x, IGNORE_INDEX))
     with pytest.raises(ValueError, match="same length"):
         sp.tagging_batches([[1, 2]], [[1]], 2, pad)
 

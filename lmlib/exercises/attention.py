@@ -5,6 +5,7 @@ from collections.abc import Callable
 
 import torch
 
+from lmlib.attention import RotaryEmbedding, causal_mask, softmax, split_heads
 from lmlib.exercises.core import Case, check
 
 __all__ = [
@@ -19,8 +20,6 @@ def _randint(gen: torch.Generator, low: int, high: int) -> int:
 
 
 def reference_softmax(x: torch.Tensor) -> torch.Tensor:
-    from lmlib.attention import softmax
-
     return softmax(x, dim=-1)
 
 
@@ -45,8 +44,6 @@ def check_softmax(fn: Callable[[torch.Tensor], torch.Tensor], **kwargs) -> bool:
 
 
 def reference_causal_mask(T: int) -> torch.Tensor:
-    from lmlib.attention import causal_mask
-
     return causal_mask(T)
 
 
@@ -65,8 +62,6 @@ def check_causal_mask(fn: Callable[[int], torch.Tensor], **kwargs) -> bool:
 
 
 def reference_split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
-    from lmlib.attention import split_heads
-
     return split_heads(x, n_heads)
 
 
@@ -90,8 +85,6 @@ def check_split_heads(fn: Callable[[torch.Tensor, int], torch.Tensor], **kwargs)
 
 
 def reference_rope(x: torch.Tensor, offset: int) -> torch.Tensor:
-    from lmlib.attention import RotaryEmbedding
-
     return RotaryEmbedding(x.shape[-1]).rotate(x, offset)
 
 

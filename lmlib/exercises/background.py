@@ -6,6 +6,9 @@ from collections.abc import Callable
 import torch
 
 from lmlib.exercises.core import Case, check
+from lmlib.metrics import perplexity, perplexity_from_logits
+from lmlib.model import num_params
+from lmlib.rnn import RNNLM
 
 __all__ = [
     "check_perplexity",
@@ -28,8 +31,6 @@ __all__ = [
 
 
 def reference_perplexity(target_probs: torch.Tensor) -> float:
-    from lmlib.metrics import perplexity
-
     return perplexity(target_probs)
 
 
@@ -167,8 +168,6 @@ def check_kneser_ney_bigram(fn: Callable[[torch.Tensor, int, float], torch.Tenso
 
 
 def reference_perplexity_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    from lmlib.metrics import perplexity_from_logits
-
     return perplexity_from_logits(logits, targets)
 
 
@@ -193,9 +192,6 @@ def check_perplexity_from_logits(fn: Callable[[torch.Tensor, torch.Tensor], floa
 
 
 def reference_lstm_parameter_count(vocab_size: int, emb_dim: int, hidden_dim: int, num_layers: int) -> int:
-    from lmlib.model import num_params
-    from lmlib.rnn import RNNLM
-
     return num_params(RNNLM(vocab_size, emb_dim, hidden_dim, num_layers, cell="lstm"))
 
 

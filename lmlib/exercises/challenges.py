@@ -5,6 +5,8 @@ from collections.abc import Callable
 
 import torch
 
+from lmlib.compress import quantize_int8
+from lmlib.cost import gpu_hours, training_flops
 from lmlib.exercises.core import Case, check
 
 __all__ = [
@@ -18,8 +20,6 @@ __all__ = [
 
 
 def reference_quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    from lmlib.compress import quantize_int8
-
     return quantize_int8(weight, per_channel=True)
 
 
@@ -96,8 +96,6 @@ def check_prune_mask(fn: Callable[[torch.Tensor, float], torch.Tensor], **kwargs
 
 
 def reference_gpu_hours(n_params: float, n_tokens: float, peak_flops: float, mfu: float) -> float:
-    from lmlib.cost import gpu_hours, training_flops
-
     return gpu_hours(training_flops(n_params, n_tokens), peak_flops, mfu)
 
 

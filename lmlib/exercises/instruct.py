@@ -6,6 +6,8 @@ from collections.abc import Callable
 import torch
 
 from lmlib.exercises.core import Case, check
+from lmlib.instruct import sft_targets
+from lmlib.lora import lora_forward
 
 __all__ = [
     "check_sft_targets",
@@ -17,8 +19,6 @@ __all__ = [
 
 def reference_sft_targets(ids: torch.Tensor, prompt_len: int) -> torch.Tensor:
     """The targets ``y`` of :func:`lmlib.instruct.sft_targets` (the inputs are ``ids[:-1]``)."""
-    from lmlib.instruct import sft_targets
-
     return sft_targets(ids, prompt_len)[1]
 
 
@@ -46,8 +46,6 @@ def check_sft_targets(fn: Callable[[torch.Tensor, int], torch.Tensor], **kwargs)
 
 def reference_lora_forward(x: torch.Tensor, W: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                            scale: float) -> torch.Tensor:
-    from lmlib.lora import lora_forward
-
     return lora_forward(x, W, A, B, scale)
 
 

@@ -6,6 +6,7 @@ from collections.abc import Callable
 import torch
 
 from lmlib.exercises.core import Case, check
+from lmlib.tokenizers import merge_pair
 
 __all__ = ["check_bpe_merge", "check_minhash_signature", "reference_bpe_merge", "reference_minhash_signature"]
 
@@ -13,8 +14,6 @@ MINHASH_PRIME = (1 << 31) - 1  # lmlib.dedup.PRIME: a * x + b stays inside int64
 
 
 def reference_bpe_merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
-    from lmlib.tokenizers import merge_pair
-
     return merge_pair(ids, pair, new_id)
 
 

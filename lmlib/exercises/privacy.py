@@ -6,6 +6,7 @@ from collections.abc import Callable
 import torch
 
 from lmlib.exercises.core import Case, check
+from lmlib.privacy import estimated_exposure, exposure, plant, rank_of
 
 __all__ = [
     "check_exposure",
@@ -18,8 +19,6 @@ __all__ = [
 
 
 def reference_exposure(log_perplexities: torch.Tensor, index: int) -> float:
-    from lmlib.privacy import exposure, rank_of
-
     return exposure(rank_of(log_perplexities, index), len(log_perplexities))
 
 
@@ -46,8 +45,6 @@ def check_exposure(fn: Callable[[torch.Tensor, int], float], **kwargs) -> bool:
 
 
 def reference_estimated_exposure(canary_log_perplexity: float, sample_log_perplexities: torch.Tensor) -> float:
-    from lmlib.privacy import estimated_exposure
-
     return estimated_exposure(canary_log_perplexity, sample_log_perplexities)
 
 
@@ -73,8 +70,6 @@ def check_estimated_exposure(fn: Callable[[float, torch.Tensor], float], **kwarg
 
 
 def reference_plant_canary(docs: list[str], text: str, k: int) -> list[str]:
-    from lmlib.privacy import plant
-
     return plant(docs, [text], [k], seed=0)
 
 

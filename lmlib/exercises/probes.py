@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import torch
 
+from lmlib.audit import KEYBOARD_NEIGHBOURS, swap_words, typos
 from lmlib.exercises.core import Case, check
 
 __all__ = [
@@ -24,8 +25,6 @@ _FILLERS = ["a", "told", "went", "home", "and", "very", "kind", "to", "with", "t
 
 
 def reference_swap_words(text: str, pairs: list[tuple[str, str]]) -> str:
-    from lmlib.audit import swap_words
-
     return swap_words(text, pairs)
 
 
@@ -58,15 +57,11 @@ def check_swap_words(fn: Callable[[str, list[tuple[str, str]]], str], **kwargs) 
 
 
 def reference_keyboard_typos(text: str, rate: float, rng: random.Random) -> str:
-    from lmlib.audit import typos
-
     return typos(text, rate, rng, kinds=("keyboard",))
 
 
 def _typo_problem(text: str, rate: float, noisy) -> str:
     """'ok', or what is wrong with ``noisy`` as keyboard typos of ``text`` at ``rate``."""
-    from lmlib.audit import KEYBOARD_NEIGHBOURS
-
     if not isinstance(noisy, str):
         return f"expected a string, got {type(noisy).__name__}"
     if len(noisy) != len(text):

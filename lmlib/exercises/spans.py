@@ -6,6 +6,7 @@ from collections.abc import Callable
 import torch
 
 from lmlib.exercises.core import Case, check
+from lmlib.spans import align_labels, bio_to_spans, token_f1
 
 __all__ = [
     "check_bio_to_spans",
@@ -22,8 +23,6 @@ _WORDS = ("the", "a", "an", "Denver", "Broncos", "1990", "river", "River", "Nile
 
 
 def reference_bio_to_spans(tags: list[str]) -> list[tuple[str, int, int]]:
-    from lmlib.spans import bio_to_spans
-
     return bio_to_spans(tags)
 
 
@@ -55,8 +54,6 @@ def check_bio_to_spans(fn: Callable[[list[str]], list[tuple[str, int, int]]], **
 
 
 def reference_squad_f1(prediction: str, gold: str) -> float:
-    from lmlib.spans import token_f1
-
     return token_f1(prediction, gold)
 
 
@@ -85,8 +82,6 @@ def check_squad_f1(fn: Callable[[str, str], float], **kwargs) -> bool:
 
 
 def reference_align_labels(word_of_token: list[int], word_labels: list[int]) -> list[int]:
-    from lmlib.spans import align_labels
-
     return align_labels(word_of_token, word_labels, position="first")
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 
 from lmlib.exercises.core import Case, check
+from lmlib.train import lr_at
 
 __all__ = [
     "check_lr_schedule",
@@ -26,8 +27,6 @@ __all__ = [
 
 
 def reference_lr_schedule(step: int, lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> float:
-    from lmlib.train import lr_at
-
     return lr_at(step, lr, min_lr, warmup_steps, max_steps)
 
 
