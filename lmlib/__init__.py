@@ -12,9 +12,10 @@ The package is flat, but its modules form three layers (:data:`LAYERS`; a test k
   (``generate``, ``metrics``) and training it (``train``, ``checkpoint``). Core modules import
   only core modules.
 - **applications**, one module per chapter topic, built on the core: n-grams and RNNs (chapter
-  1), deduplication and published weights (4), classification, translation, instructions, LoRA
-  and span tasks (5), compression, cost, privacy, bias audits and interpretability (6). They
-  import the core and each other, never the book plumbing.
+  1), deduplication and published weights (4: GPT-2 from the Hub, llama2.c's Llama),
+  classification, translation, instructions, LoRA and span tasks (5), compression, cost,
+  privacy, bias audits and interpretability (6). They import the core and each other, never the
+  book plumbing.
 - **book**, the plumbing of the website and its exercises: glue, plots, widgets, the shared
   training recipes, and the exercise checkers. These may import anything.
 """
@@ -28,8 +29,8 @@ __version__ = "0.1.0"
 LAYERS = {
     "core": ("presets", "device", "data", "tokenizers", "attention", "model", "generate", "metrics",
              "checkpoint", "train"),
-    "applications": ("ngram", "rnn", "dedup", "pretrained", "hub", "classify", "seq2seq", "instruct",
-                     "lora", "spans", "compress", "cost", "privacy", "audit", "interpret"),
+    "applications": ("ngram", "rnn", "dedup", "pretrained", "hub", "llama2c", "classify", "seq2seq",
+                     "instruct", "lora", "spans", "compress", "cost", "privacy", "audit", "interpret"),
     "book": ("book", "plot", "widgets", "recipes", "exercises"),
 }
 

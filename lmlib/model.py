@@ -17,13 +17,13 @@ LayerNorm(dim, bias=True, eps=1e-5), RMSNorm(dim, eps=1e-5)          (nn.Module)
 MLP(d_model, hidden, bias=True, dropout=0.0)            Linear -> GELU (tanh form) -> Linear
 SwiGLU(d_model, hidden, bias=False, dropout=0.0)        (silu(x W_gate) * x W_up) W_down
 BlockConfig(*, n_embd=128, n_head=4, n_kv_heads=None, dropout=0.0, bias=True, norm="layer",
-            mlp="gelu", prenorm=True, fast=True)        validated in __post_init__
+            mlp="gelu", mlp_hidden_dim=None, prenorm=True, fast=True)   validated in __post_init__
     .head_dim, .kv_heads, .mlp_hidden, .norm_layer()
 Block(config, cross_attention=False, pos_fn=None)       config: any BlockConfig
     forward(x, cache=None, context=None, context_mask=None)
 GPTConfig(vocab_size=65, block_size=128, n_layer=4, pos="learned", tie_weights=True, *, n_embd=128,
           n_head=4, n_kv_heads=None, dropout=0.0, bias=True, norm="layer", mlp="gelu",
-          prenorm=True, fast=True)                      a BlockConfig with the model's own fields
+          mlp_hidden_dim=None, prenorm=True, fast=True) a BlockConfig with the model's own fields
 GPT(config)
     forward(idx, targets=None, cache=None) -> (logits, loss)
     hidden_states(idx, cache=None) -> (B, T, n_embd)     final-normed, before the LM head
@@ -123,7 +123,9 @@ class BlockConfig:
 
     ``norm`` is ``"layer"`` or ``"rms"``; ``mlp`` is ``"gelu"`` (hidden 4 * n_embd) or
     ``"swiglu"`` (hidden 8/3 * n_embd rounded up to a multiple of 8, so both have about the same
-    parameter count). ``n_kv_heads`` < ``n_head`` gives grouped-query attention. ``prenorm=False``
+    parameter count); ``mlp_hidden_dim`` overrides that width, for published weights trained with
+    another rule (llama2.c's stories260K uses 172 where the formula gives 176, chapter 4).
+    ``n_kv_heads`` < ``n_head`` gives grouped-query attention. ``prenorm=False``
     builds the original post-norm block (norm after each residual addition). ``fast`` uses
     PyTorch's fused attention; ``False`` runs chapter 2's explicit formula (same numbers, slower).
     :class:`GPTConfig` and :class:`lmlib.seq2seq.Seq2SeqConfig` are block configs with more fields
@@ -137,6 +139,7 @@ class BlockConfig:
     bias: bool = True
     norm: str = "layer"
     mlp: str = "gelu"
+    mlp_hidden_dim: int | None = None
     prenorm: bool = True
     fast: bool = True
 
@@ -158,6 +161,9 @@ class BlockConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
+        hidden = self.mlp_hidden_dim
+        if hidden is not None and (not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1):
+            raise ValueError(f"{name}.mlp_hidden_dim must be a positive integer or None (the default width), got {hidden!r}.")
         for field_name, allowed in {"norm": ("layer", "rms"), "mlp": ("gelu", "swiglu")}.items():
             if getattr(self, field_name) not in allowed:
                 raise ValueError(f"{name}.{field_name} must be one of {allowed}, got {getattr(self, field_name)!r}.")
@@ -172,6 +178,9 @@ class BlockConfig:
 
     @property
     def mlp_hidden(self) -> int:
+        """The feed-forward width: ``mlp_hidden_dim`` when given, else the rule of ``mlp``."""
+        if self.mlp_hidden_dim is not None:
+            return self.mlp_hidden_dim
         if self.mlp == "gelu":
             return 4 * self.n_embd
         return 8 * math.ceil(8 * self.n_embd / 3 / 8)
@@ -190,7 +199,7 @@ class GPTConfig(BlockConfig):
     ``block_size`` is the context length (the longest sequence the model accepts). ``pos`` is
     ``"learned"`` (GPT-2's position table) or ``"rope"`` (rotary, chapter 2). The block's fields
     (``n_embd``, ``n_head``, ``n_kv_heads``, ``dropout``, ``bias``, ``norm``, ``mlp``,
-    ``prenorm``, ``fast``) come from :class:`BlockConfig` and are given by keyword.
+    ``mlp_hidden_dim``, ``prenorm``, ``fast``) come from :class:`BlockConfig` and are given by keyword.
     """
 
     vocab_size: int = 65

@@ -18,7 +18,7 @@ API summary
 Seq2SeqConfig(src_vocab_size, tgt_vocab_size, max_src_len=32, max_tgt_len=32, n_encoder_layer=3,
               n_decoder_layer=3, shared_vocab=False, tie_weights=True, src_pad_id=0, tgt_pad_id=0,
               bos_id=1, eos_id=2, *, n_embd=128, n_head=4, n_kv_heads=None, dropout=0.1, bias=True,
-              norm="layer", mlp="gelu", prenorm=True, fast=True)        a BlockConfig
+              norm="layer", mlp="gelu", mlp_hidden_dim=None, prenorm=True, fast=True)   a BlockConfig
 Seq2Seq(config)
     forward(src, targets=None, tgt_in=None) -> (logits (B, T, V_tgt), loss or None)
     encode(src) -> (memory (B, S, C), src_mask (B, 1, 1, S))
@@ -73,8 +73,8 @@ class Seq2SeqConfig(BlockConfig):
     ``shared_vocab=True`` means source and target use one vocabulary (e.g. a joint BPE): one
     embedding table serves both sides, so the two vocabulary sizes and pad ids must agree.
     ``tie_weights`` makes the output layer reuse the target embedding. The block's fields (``n_embd``,
-    ``n_head``, ``n_kv_heads``, ``dropout``, ``bias``, ``norm``, ``mlp``, ``prenorm``, ``fast``) come
-    from :class:`lmlib.model.BlockConfig` and are given by keyword; every encoder and decoder
+    ``n_head``, ``n_kv_heads``, ``dropout``, ``bias``, ``norm``, ``mlp``, ``mlp_hidden_dim``,
+    ``prenorm``, ``fast``) come from :class:`lmlib.model.BlockConfig` and are given by keyword; every encoder and decoder
     block is built from this config.
     """
 

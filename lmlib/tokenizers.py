@@ -2,8 +2,8 @@
 
 The character tokenizer and the word vocabulary are derived in chapter 1 ("What a language
 model is", "N-gram models"); chapter 4 ("Tokenization") adds a word tokenizer and a byte-level BPE
-written from scratch; chapter 5's translation model uses the word vocabulary with its own special
-tokens.
+written from scratch, and loads OpenAI's GPT-2 merges into that same BPE; chapter 5's translation
+model uses the word vocabulary with its own special tokens.
 
 API summary
 -----------
@@ -14,10 +14,15 @@ Vocab(words, specials=("<unk>",), unk="<unk>")  words to ids and back, the speci
     .encode(words, unknown="unk") -> Tensor  .encode_list(words, unknown="unk") -> list[int]
     .decode(ids) -> list[str]  .itos  .stoi  .unk  .vocab_size
 pretokenize(text, pattern=PRETOKENIZE) -> list[str]   GPT-2-style pieces: words with their leading space
+GPT2_PRETOKENIZE                               GPT-2's own pattern (Unicode classes: compiled with `regex`)
+gpt2_byte_to_unicode() -> dict[int, str]       GPT-2's printable stand-in character for each byte
 WordTokenizer(words)                           .from_text(text, max_vocab=None) .encode(text) .decode(ids)
 merge_pair(ids, pair, new_id) -> list[int]
-ByteBPE  .train(text, vocab_size, special_tokens=(), pattern=PRETOKENIZE, progress=True)
-    .encode(text) -> Tensor  .encode_list(text) -> list[int]  .decode(ids) -> str
+ByteBPE(merges=(), special_tokens=(), pattern=PRETOKENIZE, byte_order=None)
+    .train(text, vocab_size, special_tokens=(), pattern=PRETOKENIZE, progress=True)
+    .from_gpt2(encoder_json=None, vocab_bpe=None)   GPT-2's tokenizer, ids and all
+    .encode(text) -> Tensor  .encode_list(text) -> list[int]  .decode(ids) -> str  .pieces(text)
+    .save(path)  .load(path)  .vocab  .merges  .byte_order  .special_tokens  .vocab_size
 """
 from __future__ import annotations
 
@@ -28,11 +33,14 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import regex
 import torch
 
+from lmlib import data
+
 __all__ = [
-    "CharTokenizer", "UNK", "Vocab", "PRETOKENIZE", "pretokenize", "WordTokenizer",
-    "merge_pair", "ByteBPE",
+    "CharTokenizer", "UNK", "Vocab", "PRETOKENIZE", "GPT2_PRETOKENIZE", "pretokenize", "gpt2_byte_to_unicode",
+    "WordTokenizer", "merge_pair", "ByteBPE",
 ]
 
 
@@ -169,10 +177,37 @@ class Vocab:
 #: concatenate back to the input.
 PRETOKENIZE = r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+|[\s\S]"""
 
+#: GPT-2's own pattern, from OpenAI's ``encoder.py``: the same idea, with lower-case contractions
+#: only and Unicode classes (``\p{L}`` letters, ``\p{N}`` numbers) that Python's ``re`` lacks.
+GPT2_PRETOKENIZE = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def _compile_pattern(pattern: str) -> re.Pattern | regex.Pattern:
+    r"""A pre-tokenization pattern, compiled by ``re``, or by ``regex`` when it uses Unicode classes.
+
+    The course's own patterns keep Python's ``re`` (so training gives the same merges as always);
+    a pattern with ``\p{...}`` (GPT-2's) needs the ``regex`` package, which reads them.
+    """
+    uses_classes = "\\p{" in pattern or "\\P{" in pattern
+    return (regex if uses_classes else re).compile(pattern)
+
 
 def pretokenize(text: str, pattern: str = PRETOKENIZE) -> list[str]:
     """Split ``text`` into the pieces that BPE merges within (chapter 4, "Tokenization")."""
-    return re.findall(pattern, text)
+    return _compile_pattern(pattern).findall(text)
+
+
+def gpt2_byte_to_unicode() -> dict[int, str]:
+    """GPT-2's stand-in character for each byte, the alphabet its token files are written in.
+
+    Printable bytes stand for themselves (``"!"`` to ``"~"``, ``"¡"`` to ``"¬"``, ``"®"`` to ``"ÿ"``);
+    the other 68 (space, newline, control bytes...) get U+0100 onwards in byte order, so the
+    space 0x20 is written ``"Ġ"`` and the newline 0x0A ``"Ċ"``. GPT-2 numbers its 256 byte
+    tokens in this order: printable bytes first.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {b: chr(b) for b in printable} | {b: chr(256 + k) for k, b in enumerate(others)}
 
 
 class WordTokenizer:
@@ -234,21 +269,36 @@ class ByteBPE:
     decodes back exactly. Training repeatedly merges the most frequent adjacent pair of ids into
     a new id; ``merges[k]`` is the pair that became id ``256 + k``. Special tokens such as
     ``"<|endoftext|>"`` get the ids after the merges and are never split.
+
+    Ids 0 to 255 are the bytes: by default id ``i`` is byte ``i``. A tokenizer trained elsewhere
+    may number them in another order; ``byte_order[i]`` is then the byte that id ``i`` stands for
+    (GPT-2 puts the printable bytes first: :meth:`from_gpt2`). Only the first step of encoding,
+    bytes to ids, and the vocabulary's single bytes depend on it; merges work on ids as always.
     """
 
     FORMAT = "lmlib-bytebpe"
-    VERSION = 1
+    VERSION = 2  # version 2 added "byte_order"; version 1 files (byte i = id i) still load
 
     def __init__(
         self,
         merges: Iterable[tuple[int, int]] = (),
         special_tokens: Iterable[str] = (),
         pattern: str = PRETOKENIZE,
+        byte_order: Iterable[int] | None = None,
     ):
         self.merges = [tuple(int(x) for x in m) for m in merges]
         self.pattern = pattern
-        self._compiled = re.compile(pattern)
-        self.vocab = [bytes([i]) for i in range(256)]
+        self._compiled = _compile_pattern(pattern)
+        self.byte_order = list(range(256)) if byte_order is None else [int(b) for b in byte_order]
+        if sorted(self.byte_order) != list(range(256)):
+            raise ValueError(
+                f"byte_order must list each of the 256 byte values once (got {len(self.byte_order)} "
+                "values): byte_order[i] is the byte that id i stands for."
+            )
+        self.id_of_byte = [0] * 256  # the inverse: id_of_byte[b] is the id of byte b
+        for i, b in enumerate(self.byte_order):
+            self.id_of_byte[b] = i
+        self.vocab = [bytes([b]) for b in self.byte_order]
         self.ranks: dict[tuple[int, int], int] = {}
         for k, merge in enumerate(self.merges):
             new_id = 256 + k
@@ -302,7 +352,7 @@ class ByteBPE:
             )
         if specials:  # special tokens in the training text are boundaries, not text to learn from
             text = re.sub("|".join(re.escape(s) for s in specials), " ", text)
-        counts = Counter(re.findall(pattern, text))
+        counts = Counter(pretokenize(text, pattern))
         words = [list(w.encode("utf-8")) for w in counts]
         freqs = list(counts.values())
         pair_counts: dict[tuple[int, int], int] = defaultdict(int)
@@ -341,6 +391,64 @@ class ByteBPE:
                     del pair_counts[p]
         return cls(merges, specials, pattern)
 
+    # -- GPT-2's tokenizer ------------------------------------------------------------------------
+
+    @classmethod
+    def from_gpt2(cls, encoder_json: str | Path | None = None, vocab_bpe: str | Path | None = None) -> "ByteBPE":
+        """OpenAI's GPT-2 tokenizer as a ``ByteBPE``: the same ids for every text, and back.
+
+        GPT-2's tokenizer is a byte-level BPE like ours, published as two files (by default the
+        registry's ``gpt2-tokenizer``, through :func:`lmlib.data.path`): ``vocab.bpe`` lists the
+        50,000 merges in the order they were learned, and ``encoder.json`` gives every token's id.
+        Both spell tokens in GPT-2's printable byte alphabet (:func:`gpt2_byte_to_unicode`).
+        GPT-2 numbers its byte tokens in that alphabet's order, which becomes ``byte_order``; the
+        merge on line ``k`` makes id ``256 + k``, exactly as in a ``ByteBPE`` (checked against
+        ``encoder.json``), and ``<|endoftext|>`` takes the next id, 50256.
+        """
+        encoder_json = Path(encoder_json) if encoder_json is not None else data.path("gpt2-tokenizer", "encoder.json")
+        vocab_bpe = Path(vocab_bpe) if vocab_bpe is not None else data.path("gpt2-tokenizer", "vocab.bpe")
+        for file in (encoder_json, vocab_bpe):
+            if not file.is_file():
+                raise FileNotFoundError(f"No GPT-2 tokenizer file at {file}; leave the argument out to use "
+                                        "the course's copy (lmlib.data.path('gpt2-tokenizer', ...)).")
+        try:
+            encoder = json.loads(encoder_json.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{encoder_json} is not GPT-2's encoder.json (not JSON: {err}).") from None
+        lines = vocab_bpe.read_text(encoding="utf-8").splitlines()
+        lines = [line for line in lines if line and not line.startswith("#version")]
+
+        def id_of(token: str) -> int:
+            if token not in encoder:
+                raise ValueError(f"{vocab_bpe} names the token {token!r}, which {encoder_json} does not list: "
+                                 "pass the encoder.json and vocab.bpe of the same tokenizer.")
+            return encoder[token]
+
+        byte_of = {ch: b for b, ch in gpt2_byte_to_unicode().items()}
+        by_id = {i: token for token, i in encoder.items()}
+        try:
+            byte_order = [byte_of[by_id[i]] for i in range(256)]
+        except KeyError:
+            raise ValueError(f"{encoder_json} does not give ids 0-255 to the 256 single bytes, as GPT-2's "
+                             "encoder.json does.") from None
+        merges = []
+        for k, line in enumerate(lines):
+            pair = line.split(" ")
+            if len(pair) != 2:
+                raise ValueError(f"Line {k + 2} of {vocab_bpe} is {line!r}; each line holds two tokens "
+                                 "separated by one space.")
+            a, b = pair
+            if id_of(a + b) != 256 + k:
+                raise ValueError(f"{encoder_json} gives the merge {a!r} + {b!r} (line {k + 2} of {vocab_bpe}) "
+                                 f"id {id_of(a + b)}, not {256 + k}: the two files do not belong together.")
+            merges.append((id_of(a), id_of(b)))
+        special = "<|endoftext|>"
+        if encoder.get(special) != 256 + len(merges) or len(encoder) != 257 + len(merges):
+            raise ValueError(f"{encoder_json} should list {257 + len(merges)} tokens, the last {special!r} "
+                             f"with id {256 + len(merges)}; it lists {len(encoder)}, {special!r} at "
+                             f"{encoder.get(special)}.")
+        return cls(merges, [special], GPT2_PRETOKENIZE, byte_order)
+
     # -- encoding and decoding ------------------------------------------------------------------
 
     @property
@@ -351,7 +459,8 @@ class ByteBPE:
         cached = self._cache.get(piece)
         if cached is not None:
             return cached
-        ids = list(piece.encode("utf-8"))
+        id_of_byte = self.id_of_byte
+        ids = [id_of_byte[b] for b in piece.encode("utf-8")]
         while len(ids) > 1:
             # apply the earliest-learned merge present, exactly as training would have
             pair = min(zip(ids, ids[1:]), key=lambda p: self.ranks.get(p, 1 << 62))
@@ -406,15 +515,16 @@ class ByteBPE:
     # -- saving and loading ---------------------------------------------------------------------
 
     def save(self, path: str | Path) -> None:
-        """Write the tokenizer as JSON: format, version, pattern, merges, special tokens."""
-        data = {
+        """Write the tokenizer as JSON: format, version, pattern, byte order, merges, special tokens."""
+        fields = {
             "format": self.FORMAT,
             "version": self.VERSION,
             "pattern": self.pattern,
+            "byte_order": self.byte_order,
             "merges": [list(m) for m in self.merges],
             "special_tokens": self.special_tokens,
         }
-        Path(path).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+        Path(path).write_text(json.dumps(fields, ensure_ascii=False), encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> "ByteBPE":
@@ -422,24 +532,25 @@ class ByteBPE:
         if not path.is_file():
             raise FileNotFoundError(f"No tokenizer file at {path}; save one with ByteBPE.save(path).")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            fields = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{path} is not a valid tokenizer file (not JSON: {err}). Train and save it again.") from None
-        if not isinstance(data, dict) or data.get("format") != cls.FORMAT:
-            got = data.get("format") if isinstance(data, dict) else type(data).__name__
+        if not isinstance(fields, dict) or fields.get("format") != cls.FORMAT:
+            got = fields.get("format") if isinstance(fields, dict) else type(fields).__name__
             raise ValueError(f"{path} is not a ByteBPE file: its format is {got!r}, expected {cls.FORMAT!r}.")
-        if data.get("version") != cls.VERSION:
+        if fields.get("version") not in (1, cls.VERSION):
             raise ValueError(
-                f"{path} has ByteBPE format version {data.get('version')!r}; this lmlib reads version "
+                f"{path} has ByteBPE format version {fields.get('version')!r}; this lmlib reads versions 1 to "
                 f"{cls.VERSION}. Re-save it with a matching lmlib."
             )
         try:
-            merges = [tuple(m) for m in data["merges"]]
+            merges = [tuple(m) for m in fields["merges"]]
             if any(len(m) != 2 or not all(isinstance(x, int) for x in m) for m in merges):
                 raise ValueError("every merge must be a pair of integer ids")
-            specials = data["special_tokens"]
-            tok = cls(merges, sorted(specials, key=specials.get), data["pattern"])
-        except (KeyError, TypeError, ValueError, re.error) as err:
+            specials = fields["special_tokens"]
+            byte_order = fields["byte_order"] if fields["version"] >= 2 else None
+            tok = cls(merges, sorted(specials, key=specials.get), fields["pattern"], byte_order)
+        except (KeyError, TypeError, ValueError, re.error, regex.error) as err:
             raise ValueError(f"{path} is a corrupt ByteBPE file ({type(err).__name__}: {err}).") from None
         if tok.special_tokens != specials:
             raise ValueError(

@@ -67,8 +67,39 @@ def test_train_ladder_runs_each_rung_in_its_own_process(tmp_path):
     assert result["ratio_to_plain"]["plain"] == 1.0
 
 
+def test_decode_llama2c_compares_with_run_c_on_the_same_story(tmp_path, mirror):
+    if not (mirror / "stories260k" / "stories260K.bin").is_file():
+        pytest.skip("stories260K is not in the data mirror")
+    out = tmp_path / "decode.json"
+    stdout = run_script("decode_llama2c.py", "--new-tokens", "16", "--repeats", "1", "--out", str(out), data=mirror)
+    result = json.loads(out.read_text())
+    assert result["course"]["new_tokens"] == 16 and result["course"]["tokens_per_s"] > 0
+    assert result["profile"]["aten_calls_per_token"] > 0
+    if "skipped" in result["llama2c"]:  # no reference folder or no compiler: said so, no ratio
+        assert result["ratio_course_to_c"] is None and "skipped" in stdout
+    else:
+        assert result["llama2c"]["same_text"] and result["ratio_course_to_c"] > 0
+
+
+def test_decode_llama2c_skips_the_c_side_without_the_reference(tmp_path, mirror):
+    if not (mirror / "stories260k" / "stories260K.bin").is_file():
+        pytest.skip("stories260K is not in the data mirror")
+    out = tmp_path / "decode.json"
+    stdout = run_script("decode_llama2c.py", "--new-tokens", "4", "--repeats", "1", "--reference",
+                        str(tmp_path / "absent"), "--out", str(out), data=mirror)
+    assert "git clone" in stdout and json.loads(out.read_text())["ratio_course_to_c"] is None
+
+
+def test_gpt2_tokenizer_checks_ids_against_hugging_face(tmp_path, mirror):
+    out = tmp_path / "gpt2_tokenizer.json"
+    run_script("gpt2_tokenizer.py", "--max-chars", "3000", "--repeats", "1", "--out", str(out), data=mirror)
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["text"] for r in rows] == ["Tiny Shakespeare", "WikiText-2 validation"]
+    assert all(r["same_ids"] and r["tokens"] > 0 and r["ratio_to_fast"]["GPT2TokenizerFast"] == 1.0 for r in rows)
+
+
 @pytest.mark.parametrize("script", ["train_char_gpt.py", "peak_memory.py", "generate_kv_cache.py", "train_ladder.py",
-                                    "notebook_times.py"])
+                                    "notebook_times.py", "decode_llama2c.py", "gpt2_tokenizer.py"])
 def test_every_script_explains_itself(script):
     assert "usage:" in run_script(script, "--help")
 

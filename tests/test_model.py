@@ -1,4 +1,6 @@
 """lmlib.model (chapter 3): norms, blocks, the GPT against Hugging Face's GPT-2, counts, errors."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -121,7 +123,9 @@ def test_causality_future_tokens_do_not_change_the_past():
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(tie_weights=False), dict(bias=False, norm="rms"),
-                                dict(mlp="swiglu", pos="rope"), dict(n_kv_heads=2), dict(mlp="swiglu", bias=True)])
+                                dict(mlp="swiglu", pos="rope"), dict(n_kv_heads=2), dict(mlp="swiglu", bias=True),
+                                dict(mlp="swiglu", mlp_hidden_dim=43, bias=False, norm="rms"),
+                                dict(mlp_hidden_dim=50)])
 def test_param_count_formula_matches_module(kw):
     config = tiny(**kw)
     model = GPT(config)
@@ -182,6 +186,8 @@ def test_cross_attention_block():
     (dict(dropout=1.0), "dropout"),
     (dict(vocab_size=0), "vocab_size"),
     (dict(n_embd=20, n_head=4, pos="rope"), "even head_dim"),
+    (dict(mlp_hidden_dim=0), "mlp_hidden_dim"),
+    (dict(mlp_hidden_dim=12.5), "mlp_hidden_dim"),
 ])
 def test_config_errors(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -206,3 +212,10 @@ def test_input_errors_before_compute():
     model(torch.zeros(1, 10, dtype=torch.long), cache=cache)
     with pytest.raises(ValueError, match="cache 10"):
         model(torch.zeros(1, 7, dtype=torch.long), cache=cache)
+
+
+def test_mlp_hidden_dim_overrides_the_width_rule():
+    assert tiny(mlp="swiglu").mlp_hidden == 8 * math.ceil(8 * tiny().n_embd / 3 / 8)
+    config = tiny(mlp="swiglu", mlp_hidden_dim=43)
+    assert config.mlp_hidden == 43
+    assert GPT(config).blocks[0].mlp.gate.weight.shape == (43, config.n_embd)

@@ -114,6 +114,7 @@ def test_save_load_round_trip(tmp_path, bpe):
         (lambda d: {**d, "merges": [[1000, 1]] + d["merges"]}, "corrupt"),
         (lambda d: {**d, "merges": [[1, 2, 3]]}, "corrupt"),
         (lambda d: {**d, "special_tokens": {EOT: 5}}, "corrupt"),
+        (lambda d: {**d, "byte_order": [0] * 256}, "corrupt"),
         (lambda d: {k: v for k, v in d.items() if k != "merges"}, "corrupt"),
     ],
 )
