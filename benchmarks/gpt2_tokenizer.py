@@ -12,10 +12,9 @@ so a text costs less the second time: each round times a fresh tokenizer (cold c
 same text again (warm cache). Rounds alternate between the tokenizers; figures are medians.
 
     LMLIB_DATA=<mirror> .venv/bin/python benchmarks/gpt2_tokenizer.py
-    LMLIB_DATA=<mirror> .venv/bin/python benchmarks/gpt2_tokenizer.py --check-mirror   # + every mirror file
 
-``--check-mirror`` also compares the ids on every UTF-8 file of the data mirror, whole (about two
-minutes on 2 cores), and records how many files and tokens agreed. Results go to
+That the ids agree on every UTF-8 file of the data mirror, whole, is a test
+(``tests/test_gpt2_tokenizer.py``), not part of this timing. Results go to
 ``benchmarks/results/cpu_gpt2_tokenizer.json`` and to stdout.
 """
 from __future__ import annotations
@@ -53,29 +52,10 @@ def timed(encode, text: str) -> tuple[list[int], float]:
     return ids, time.perf_counter() - start
 
 
-def check_mirror(ours: ByteBPE, fast) -> dict:
-    """Compare the ids of every UTF-8 file of the first data mirror, whole."""
-    (root, *_) = lmlib.data.mirrors()
-    files = tokens = 0
-    differ = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        try:
-            text = path.read_bytes().decode("utf-8")
-        except UnicodeDecodeError:
-            continue
-        ids = ours.encode_list(text)
-        if ids != fast(text)["input_ids"] or ours.decode(ids) != text:
-            differ.append(str(path.relative_to(root)))
-        files, tokens = files + 1, tokens + len(ids)
-    print(f"mirror check: {files} UTF-8 files, {tokens:,} tokens, {len(differ)} file(s) with different ids")
-    return {"files": files, "tokens": tokens, "files_that_differ": differ}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--max-chars", type=int, default=None, help="use only the start of each text")
     parser.add_argument("--repeats", type=int, default=3, help="alternating rounds per text (median)")
-    parser.add_argument("--check-mirror", action="store_true", help="also compare ids on every UTF-8 mirror file")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     encoder = lmlib.data.path("gpt2-tokenizer", "encoder.json")
@@ -124,13 +104,10 @@ def main() -> None:
         "device": cpu_name(), "python": sys.version.split()[0], "transformers": transformers.__version__,
         "repeats": args.repeats, "max_chars": args.max_chars, "rows": rows,
         "slow_tokenizer": "timed" if slow else "not in this transformers version (5 dropped the pure-Python class)",
-        "mirror_check": check_mirror(gpt2, fast) if args.check_mirror else None,
         "load_average_before_after": [load_before, os.getloadavg()],
         "command": "python benchmarks/gpt2_tokenizer.py " + " ".join(sys.argv[1:]),
     }
     write_results(result, args.out or RESULTS / "cpu_gpt2_tokenizer.json")
-    if result["mirror_check"] and result["mirror_check"]["files_that_differ"]:
-        sys.exit(f"different ids on {result['mirror_check']['files_that_differ']}")
 
 
 if __name__ == "__main__":
