@@ -76,7 +76,7 @@ def main() -> None:
         text = lmlib.data.path(name, file).read_text(encoding="utf-8")[: args.max_chars]
         seconds: dict[str, list[float]] = {c: [] for c in columns}
         for _ in range(args.repeats):
-            fresh = ByteBPE(gpt2.merges, gpt2.special_tokens, gpt2.pattern, gpt2.byte_order)  # empty cache
+            fresh = ByteBPE(gpt2.merges, list(gpt2.special_tokens), gpt2.pattern, gpt2.byte_order)  # empty cache
             ours, s = timed(fresh.encode_list, text)
             seconds[columns[0]].append(s)
             seconds[columns[1]].append(timed(fresh.encode_list, text)[1])

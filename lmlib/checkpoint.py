@@ -2,38 +2,54 @@
 
 Derived in chapter 4 ("Pretraining"), where :class:`lmlib.train.Trainer` uses it for exact resume.
 
-A checkpoint is a folder ``<checkpoint_dir>/step_00000100/`` holding two files:
+A checkpoint is a folder ``<checkpoint_dir>/step_00000100/`` holding three files:
 
 - ``model.safetensors``: the weights. safetensors holds tensors only, so loading it cannot run
   code (a pickled ``.pt`` file can). Tensors that share memory (tied embeddings) are stored once
   and their other names are recorded in the file's metadata.
 - ``state.pt``: everything else (optimizer, scheduler, grad scaler, random number generators,
-  data position, history) as plain containers of tensors and numbers, so that
-  ``torch.load(path, weights_only=True)`` reads it. It also records the sha256 of the weights
-  file, so a truncated, corrupt or swapped weights file is detected before any load.
+  data position, history, the training and model configurations) as plain containers of
+  tensors and numbers, so that ``torch.load(path, weights_only=True)`` reads it.
+- ``manifest.json``: the format and the sha256 of the other two files, written last. A
+  truncated, corrupt or swapped file is detected before anything is loaded.
 
-Writing goes to a hidden temporary folder that is renamed into place at the end: a crash or a
-full disk can leave a stray ``.step_*.tmp-*`` folder behind, never a half-written checkpoint.
+Writing goes to a hidden folder ``.step_*.tmp-<pid>`` that is renamed into place at the end, so
+a crash or a full disk never leaves a half-written checkpoint. Saving a step that exists moves
+the old copy aside (``.step_*.old-<pid>``) for a moment; if the process dies in between, the
+next :func:`all_checkpoints` (and so :func:`latest` and :func:`save`) puts the complete copy
+back in place and deletes what a dead process left behind. Weights that are not finite (nan,
+inf) are never saved, and ``keep_last`` only ever deletes checkpoints older than the one just
+written. Reading a ``checkpoint_dir`` (rather than one checkpoint folder) falls back to the
+newest checkpoint that passes every check, with a warning naming each damaged one it skipped.
 
 API::
 
-    CheckpointError                                              a checkpoint that cannot be used
-    WEIGHTS, STATE, FORMAT                                       file names and format version
+    CheckpointError                                              a checkpoint that cannot be written or used
+    WEIGHTS, STATE, MANIFEST, FORMAT                             file names and format version
     split_shared(state_dict) -> (unique tensors, {alias: name})  tied weights stored once
+    check_writable(directory) -> Path                            a folder checkpoints can be written into
     save(directory, step, model, state, keep_last=None) -> Path
     all_checkpoints(directory) -> list[Path]; resolve(path) -> Path
-    read(path) -> (weights: dict[str, Tensor], state: dict)      # both files checked
+    read(path) -> (weights: dict[str, Tensor], state: dict)      # every file checked
+    read_valid(path) -> (folder, weights, state)                 # a checkpoint_dir: newest valid one
     check_weights(weights, model) -> None                        # keys and shapes, else CheckpointError
     latest(directory) -> Path | None
+    model_config(model) -> dict | None                           # model.config (a dataclass) as plain values
+    check_model_config(saved, model) -> None                     # same architecture, else CheckpointError
     rng_state() -> dict; set_rng_state(state)                    # torch, CUDA, Python, NumPy
     check_trainer_state(state, optimizer, world_size) -> None    # before anything is applied
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import numbers
 import os
+import pickle
 import random
+import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -45,21 +61,30 @@ from lmlib.data import sha256_of
 
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
-FORMAT = 1
+MANIFEST = "manifest.json"
+FORMAT = 2
+
+# Model config fields that may differ on resume: they change no weight's meaning.
+_MODEL_FIELDS_MAY_CHANGE = ("dropout", "fast")
+_LEFTOVER = re.compile(r"^\.(step_\d+)\.(tmp|old)-(\d+)$")
 
 __all__ = [
-    "CheckpointError", "WEIGHTS", "STATE", "FORMAT", "split_shared", "save", "all_checkpoints",
-    "latest", "resolve", "read", "check_weights", "rng_state", "set_rng_state",
-    "check_trainer_state",
+    "CheckpointError", "WEIGHTS", "STATE", "MANIFEST", "FORMAT", "split_shared", "check_writable", "save",
+    "all_checkpoints", "latest", "resolve", "read", "read_valid", "check_weights", "model_config",
+    "check_model_config", "rng_state", "set_rng_state", "check_trainer_state",
 ]
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint is missing, damaged or does not fit the model; nothing was loaded."""
+    """A checkpoint cannot be written, or is missing, damaged or does not fit; nothing was loaded."""
 
 
 def _step_dir(directory: Path, step: int) -> Path:
     return directory / f"step_{step:08d}"
+
+
+def _step_of(folder: Path) -> int:
+    return int(folder.name[len("step_"):])
 
 
 def _fsync_dir(path: Path) -> None:
@@ -75,9 +100,58 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
+def _write_synced(path: Path, write) -> None:
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
         os.fsync(f.fileno())
+
+
+def _complete(folder: Path) -> bool:
+    return folder.is_dir() and all((folder / name).is_file() for name in (WEIGHTS, STATE, MANIFEST))
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (so its temporary folders are in use). Unsure: True."""
+    if pid == os.getpid() or os.name == "nt":  # Windows' os.kill(pid, 0) would stop the process
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, under another user
+        return True
+    return True
+
+
+def _recover(directory: Path) -> None:
+    """Finish or undo what a dead process left: an interrupted re-save, stale temporary folders.
+
+    Saving an existing step renames ``step_N`` to ``.step_N.old-PID`` and then the finished
+    ``.step_N.tmp-PID`` to ``step_N``. A process killed between the two renames leaves no
+    ``step_N``: the new copy (complete, since its manifest is written last) or else the old one
+    is put back. Every other leftover of a dead process is deleted. Leftovers of a live process
+    are left alone (it may be saving right now).
+    """
+    groups: dict[str, dict[str, list[Path]]] = {}
+    for sub in directory.glob(".step_*"):
+        match = _LEFTOVER.match(sub.name)
+        if match and sub.is_dir() and not _alive(int(match.group(3))):
+            groups.setdefault(match.group(1), {"tmp": [], "old": []})[match.group(2)].append(sub)
+    for name, found in groups.items():
+        final = directory / name
+        try:
+            if not final.exists() and found["old"]:  # a re-save died between its two renames
+                for candidate in found["tmp"] + found["old"]:  # the new copy first
+                    if _complete(candidate):
+                        os.replace(candidate, final)
+                        _fsync_dir(directory)
+                        break
+            for leftover in found["tmp"] + found["old"]:
+                if leftover.exists():
+                    shutil.rmtree(leftover, ignore_errors=True)
+        except OSError:  # a read-only folder: leave it as it is
+            pass
 
 
 def split_shared(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -96,6 +170,33 @@ def split_shared(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.T
     return unique, aliases
 
 
+def check_writable(directory: str | Path) -> Path:
+    """Create ``directory`` if needed and check that checkpoints can be written into it.
+
+    Raises CheckpointError naming the folder when it is a file, cannot be created or is not
+    writable, so a run can fail before its first step rather than at its first save.
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(
+            f"checkpoint_dir {directory} is a file, not a folder. Choose a folder path (it is created "
+            "if it does not exist)."
+        )
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CheckpointError(
+            f"checkpoint_dir {directory} cannot be created ({type(err).__name__}: {err.strerror}); a part "
+            "of the path is a file or is not writable. Choose another folder."
+        ) from err
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise CheckpointError(
+            f"checkpoint_dir {directory} is not writable (read-only or owned by another user). Choose a "
+            "folder you can write to."
+        )
+    return directory
+
+
 def save(
     directory: str | Path,
     step: int,
@@ -105,29 +206,40 @@ def save(
 ) -> Path:
     """Write ``model``'s weights and ``state`` as checkpoint ``step`` under ``directory``; return its folder.
 
-    ``keep_last`` deletes all but the newest ``keep_last`` checkpoints afterwards.
+    Raises CheckpointError, writing nothing, when a weight is not finite. ``keep_last`` then
+    deletes checkpoints older than ``step`` until ``keep_last`` remain up to ``step``; newer
+    ones are never deleted.
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = check_writable(directory)
+    tensors, aliases = split_shared(model.state_dict())
+    bad = [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(
+            f"Checkpoint step {step} was not written: the weights {', '.join(bad[:5])}"
+            f"{' ...' if len(bad) > 5 else ''} hold nan or inf (training diverged). Earlier checkpoints "
+            f"in {directory} are kept; resume from one with a lower lr or with grad_clip."
+        )
+    _recover(directory)
     final = _step_dir(directory, step)
     tmp = directory / f".{final.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        tensors, aliases = split_shared(model.state_dict())
         save_file(tensors, tmp / WEIGHTS, metadata={"format": str(FORMAT), "aliases": json.dumps(aliases)})
-        _fsync_file(tmp / WEIGHTS)
-        full_state = dict(state, format=FORMAT, step=step, weights_sha256=sha256_of(tmp / WEIGHTS))
-        with open(tmp / STATE, "wb") as f:
-            torch.save(full_state, f)
-            f.flush()
+        with open(tmp / WEIGHTS, "rb+") as f:
             os.fsync(f.fileno())
+        _write_synced(tmp / STATE, lambda f: torch.save(dict(state, format=FORMAT, step=step), f))
+        manifest = {"format": FORMAT, "step": step,
+                    "sha256": {WEIGHTS: sha256_of(tmp / WEIGHTS), STATE: sha256_of(tmp / STATE)}}
+        _write_synced(tmp / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
         _fsync_dir(tmp)
         if final.exists():  # saving the same step again: move the old copy aside first
             old = directory / f".{final.name}.old-{os.getpid()}"
+            if old.exists():
+                shutil.rmtree(old)
             os.replace(final, old)
-            os.replace(tmp, final)
+            os.replace(tmp, final)  # a crash before this line is undone by _recover
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
@@ -136,67 +248,96 @@ def save(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if keep_last is not None:
-        for old in all_checkpoints(directory)[:-keep_last]:
+        older = [c for c in all_checkpoints(directory) if _step_of(c) < step]
+        for old in older[: max(0, len(older) - (keep_last - 1))]:
             shutil.rmtree(old, ignore_errors=True)
     return final
 
 
 def all_checkpoints(directory: str | Path) -> list[Path]:
-    """Complete checkpoint folders under ``directory``, oldest first (temporary folders ignored)."""
+    """Complete checkpoint folders under ``directory``, oldest first (temporary folders ignored).
+
+    Leftovers of a dead process's save are recovered or deleted first.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         return []
+    _recover(directory)
     found = []
     for sub in directory.glob("step_*"):
         suffix = sub.name[len("step_"):]
-        if sub.is_dir() and suffix.isdigit() and (sub / WEIGHTS).is_file() and (sub / STATE).is_file():
+        if suffix.isdigit() and _complete(sub):
             found.append((int(suffix), sub))
     return [path for _, path in sorted(found)]
 
 
 def latest(directory: str | Path) -> Path | None:
-    """The newest complete checkpoint under ``directory``, or None."""
+    """The newest complete checkpoint under ``directory``, or None (its files are not verified)."""
     found = all_checkpoints(directory)
     return found[-1] if found else None
+
+
+def _is_folder(path: Path) -> bool:
+    return any((path / name).exists() for name in (WEIGHTS, STATE, MANIFEST))
+
+
+def _not_found(path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"No checkpoint found at {path}: expected a folder holding {WEIGHTS}, {STATE} and {MANIFEST}, "
+        "or a checkpoint_dir holding step_* folders. Train with checkpoint_dir set to write one."
+    )
 
 
 def resolve(path: str | Path) -> Path:
     """A checkpoint folder from either the folder itself or a ``checkpoint_dir`` (its newest one)."""
     path = Path(path)
-    if (path / STATE).exists() or (path / WEIGHTS).exists():
+    if _is_folder(path):
         return path
     newest = latest(path)
     if newest is None:
-        raise CheckpointError(
-            f"No checkpoint found at {path}: expected a folder holding {WEIGHTS} and {STATE}, or a "
-            "checkpoint_dir holding step_* folders. Train with checkpoint_dir set to write one."
-        )
+        raise _not_found(path)
     return newest
 
 
-def read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Read and verify a checkpoint: returns (weights with aliases restored, state). Loads nothing."""
-    folder = resolve(path)
-    weights_file, state_file = folder / WEIGHTS, folder / STATE
-    for file in (weights_file, state_file):
+def _read_folder(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    weights_file, state_file, manifest_file = folder / WEIGHTS, folder / STATE, folder / MANIFEST
+    for file in (weights_file, state_file, manifest_file):
         if not file.is_file():
-            raise CheckpointError(f"Checkpoint {folder} is incomplete: {file.name} is missing.")
+            raise CheckpointError(
+                f"Checkpoint {folder} is incomplete: {file.name} is missing (or it was written by an older "
+                f"lmlib, before checkpoint format {FORMAT}). Resume from another checkpoint."
+            )
+    try:
+        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+        expected = {name: str(manifest["sha256"][name]) for name in (WEIGHTS, STATE)}
+        fmt = manifest["format"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{manifest_file} is damaged ({type(err).__name__}); resume from another checkpoint.") from err
+    if fmt != FORMAT:
+        raise CheckpointError(f"{folder} has checkpoint format {fmt!r}; this lmlib reads format {FORMAT}.")
+    for file in (weights_file, state_file):
+        actual = sha256_of(file)
+        if actual != expected[file.name]:
+            raise CheckpointError(
+                f"{file} does not match {folder / MANIFEST} (sha256 {actual[:12]}..., expected "
+                f"{expected[file.name][:12]}...): the file is truncated, corrupt or from another "
+                "checkpoint. Resume from an earlier checkpoint."
+            )
     try:
         state = torch.load(state_file, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, wrong file, pickled code: all unreadable here
+    except pickle.UnpicklingError:  # never suggest weights_only=False: that would run its code
         raise CheckpointError(
-            f"{state_file} cannot be read ({type(err).__name__}: {err}). The file is truncated or "
-            "corrupt; resume from an earlier checkpoint."
-        ) from err
-    if not isinstance(state, dict) or state.get("format") != FORMAT or "weights_sha256" not in state:
-        raise CheckpointError(f"{state_file} is not an lmlib checkpoint state (format {FORMAT}).")
-    actual = sha256_of(weights_file)
-    if actual != state["weights_sha256"]:
+            f"{state_file} is not a course checkpoint: it holds Python objects beyond plain tensors and "
+            "numbers, and a pickled file can run code when it is loaded, so it was not loaded. Use a "
+            "checkpoint written by lmlib.checkpoint.save."
+        ) from None
+    except Exception as err:  # truncated zip, wrong kind of file
         raise CheckpointError(
-            f"{weights_file} does not match its {STATE} (sha256 {actual[:12]}..., expected "
-            f"{state['weights_sha256'][:12]}...): the weights file is truncated, corrupt or from "
-            "another checkpoint. Resume from an earlier checkpoint."
-        )
+            f"{state_file} cannot be read ({type(err).__name__}). The file is truncated, corrupt or not "
+            "a course checkpoint; resume from an earlier checkpoint."
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{state_file} is not a course checkpoint state (format {FORMAT}).")
     try:
         weights = load_file(weights_file)
         with open(weights_file, "rb") as f:  # the aliases live in the header's metadata
@@ -208,6 +349,37 @@ def read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     for alias, name in aliases.items():
         weights[alias] = weights[name]
     return weights, state
+
+
+def read_valid(path: str | Path) -> tuple[Path, dict[str, torch.Tensor], dict]:
+    """Read and verify a checkpoint: returns (its folder, weights with aliases restored, state).
+
+    ``path`` is one checkpoint folder (any damage raises CheckpointError) or a
+    ``checkpoint_dir``: then the newest checkpoint that passes every check is read, and each
+    newer, damaged one is skipped with a warning naming it. Loads nothing into any model.
+    """
+    path = Path(path)
+    if _is_folder(path):
+        return (path, *_read_folder(path))
+    found = all_checkpoints(path)
+    if not found:
+        raise _not_found(path)
+    problems = []
+    for folder in reversed(found):
+        try:
+            weights, state = _read_folder(folder)
+        except CheckpointError as err:
+            problems.append(f"{folder.name}: {err}")
+            warnings.warn(f"Skipping damaged checkpoint {folder}: {err} Falling back to an older one.",
+                          stacklevel=2)
+            continue
+        return folder, weights, state
+    raise CheckpointError(f"No readable checkpoint in {path}; every one is damaged: " + " | ".join(problems))
+
+
+def read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read and verify a checkpoint: returns (weights with aliases restored, state). See :func:`read_valid`."""
+    return read_valid(path)[1:]
 
 
 def check_weights(weights: dict[str, torch.Tensor], model: torch.nn.Module) -> None:
@@ -232,6 +404,59 @@ def check_weights(weights: dict[str, torch.Tensor], model: torch.nn.Module) -> N
             "The checkpoint does not fit this model (" + " | ".join(parts) + "). Build the model with "
             "the configuration the checkpoint was trained with. Nothing was loaded."
         )
+
+
+def model_config(model: torch.nn.Module) -> dict | None:
+    """``model.config`` as plain values ``{"type": class name, "fields": {...}}``, or None without one.
+
+    Only a dataclass config is recorded (as :class:`lmlib.model.GPT` has): it names the
+    architecture beyond the weights' shapes (``n_head`` 2 and 4 give the same shapes).
+    """
+    config = getattr(model, "config", None)
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        return None
+    return {"type": type(config).__name__, "fields": _plain(dataclasses.asdict(config))}
+
+
+def check_model_config(saved: dict | None, model: torch.nn.Module) -> None:
+    """Raise CheckpointError unless ``model``'s config equals ``saved`` (what :func:`model_config` stored).
+
+    ``dropout`` and ``fast`` may differ (they change no weight's meaning). Nothing is compared
+    when either side has no dataclass config.
+    """
+    mine = model_config(model)
+    if saved is None or mine is None:
+        return
+    if saved.get("type") != mine["type"]:
+        raise CheckpointError(
+            f"The checkpoint was written for a {saved.get('type')}, this model has a {mine['type']}. Build "
+            "the model the checkpoint was trained with. Nothing was loaded."
+        )
+    theirs, ours = saved.get("fields", {}), mine["fields"]
+    differ = [f"{k}={ours.get(k)!r} here, {theirs.get(k)!r} in the checkpoint"
+              for k in sorted(set(theirs) | set(ours))
+              if k not in _MODEL_FIELDS_MAY_CHANGE and _plain(theirs.get(k)) != _plain(ours.get(k))]
+    if differ:
+        raise CheckpointError(
+            f"The checkpoint's {mine['type']} differs from this model's: {'; '.join(differ)}. The weights "
+            "would load but compute another function. Build the model with the checkpoint's config, "
+            f"{mine['type']}(**lmlib.checkpoint.read(path)[1]['model_config']['fields']). Nothing was loaded."
+        )
+
+
+def _plain(value):
+    """Values ``torch.load(weights_only=True)`` reads back: lists for tuples, ``repr`` for other objects."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):  # NumPy integers too
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return repr(value)
 
 
 def rng_state() -> dict:

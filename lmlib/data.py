@@ -11,29 +11,45 @@ Derived in chapter 1 ("What a language model is") and used by every chapter afte
 3. a download from the file's public home, with a progress bar, resumed if it was interrupted,
    checked against the registry's sha256, then moved into the cache atomically.
 
+Downloads are safe to run side by side: one process at a time fetches a given file (it holds
+``<file>.lock`` beside the cache entry), and the others wait and then use its result. Each
+download has an overall deadline (``deadline=``, else ``LMLIB_DOWNLOAD_DEADLINE`` seconds, else an
+hour); one that runs out keeps its partial file, so the next call resumes it. A damaged cache
+entry is fetched again, or with ``download=False`` reported and left alone.
+
 The registry (``lmlib/datasets.toml``) records each file's URL, size, sha256 and the data set's
 licence and citation; :func:`credit` formats the credit line that a notebook shows.
 """
 from __future__ import annotations
 
 import difflib
+import gzip
 import hashlib
 import http.client
+import lzma
 import os
 import shutil
 import tarfile
+import time
 import tomllib
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so each process downloads into its own partial file
+    fcntl = None
 
 REGISTRY_FILE = Path(__file__).with_name("datasets.toml")
 _CHUNK = 1 << 16
@@ -163,8 +179,13 @@ def _hash_cached(file: Path) -> str:
     return _verified[key]
 
 
-def path(name: str, file: str | None = None, *, download: bool = True) -> Path:
-    """The local path of a registered file, fetching and checking it if needed (see module doc)."""
+def path(name: str, file: str | None = None, *, download: bool = True, deadline: float | None = None) -> Path:
+    """The local path of a registered file, fetching and checking it if needed (see module doc).
+
+    With ``download=False`` a file that is in no mirror and not (intact) in the cache is an error
+    instead of a download. ``deadline`` bounds a download's total time in seconds (default
+    ``LMLIB_DOWNLOAD_DEADLINE``, else an hour).
+    """
     spec = dataset(name).file(file)
     for mirror in mirrors():
         candidate = mirror / name / spec.name
@@ -178,40 +199,183 @@ def path(name: str, file: str | None = None, *, download: bool = True) -> Path:
             return candidate
     target = cache_dir() / name / spec.name
     if target.is_file():
-        if _hash_cached(target) == spec.sha256:
+        actual = _hash_cached(target)
+        if actual == spec.sha256:
             return target
-        target.unlink()  # a damaged cache entry is fetched again
-    if not download:
-        raise DataError(f"{spec.key} is not in the mirrors {mirrors()} nor in the cache {target.parent}.")
-    fetch(spec, target)
+        if not download:
+            raise ChecksumError(
+                f"The cache entry {target} for {spec.key} is damaged: sha256 {actual}, expected "
+                f"{spec.sha256}. It is left as it is. Call again with download=True to replace it with a "
+                "fresh download, or put a good copy in its place (or delete it)."
+            )
+    elif not download:
+        raise DataError(
+            f"{spec.key} is not in the mirrors {mirrors()} nor in the cache {target.parent}, and "
+            f"download=False. Call with download=True, or: {_by_hand(spec, target)}"
+        )
+    return fetch(spec, target, deadline=deadline)
+
+
+DEADLINE_ENV = "LMLIB_DOWNLOAD_DEADLINE"
+DEFAULT_DEADLINE = 3600.0  # seconds; the largest registered file takes seconds on a working line
+
+
+@dataclass(frozen=True)
+class _Deadline:
+    seconds: float
+    at: float  # time.monotonic() when it passes
+
+    @classmethod
+    def start(cls, seconds: float | None) -> _Deadline:
+        if seconds is None:
+            raw = os.environ.get(DEADLINE_ENV) or str(DEFAULT_DEADLINE)
+            try:
+                seconds = float(raw)
+            except ValueError:
+                raise ValueError(f"{DEADLINE_ENV}={raw!r} is not a number of seconds; fix or unset it.") from None
+        if not seconds > 0:
+            raise ValueError(f"A download deadline must be a positive number of seconds, got {seconds!r}.")
+        return cls(seconds, time.monotonic() + seconds)
+
+    def left(self) -> float:
+        return self.at - time.monotonic()
+
+
+def fetch(spec: DataFile, target: Path, *, deadline: float | None = None) -> Path:
+    """Download ``spec`` into ``target`` (extracting its archive member if it has one), checked.
+
+    One process at a time fetches a given file (a lock file beside it); a process that waited
+    finds the finished file and uses it. ``deadline`` as in :func:`path`.
+    """
+    clock = _Deadline.start(deadline)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with _exclusive(target, clock, spec) as part:
+            if target.is_file() and _hash_cached(target) == spec.sha256:
+                return target  # another process fetched it while this one waited
+            if spec.member is None:
+                _download(spec.url, part, spec, target, clock, size=spec.size)
+                _check_and_place(part, spec, target)
+            else:
+                _fetch_member(spec, target, part, clock)
+    except OSError as err:  # network errors are DownloadErrors by now: this is the local disk
+        raise _cannot_write(spec, target, err) from err
     return target
 
 
-def fetch(spec: DataFile, target: Path) -> Path:
-    """Download ``spec`` into ``target`` (extracting its archive member if it has one), checked."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if spec.member is None:
-        part = _download(spec.url, target.with_name(target.name + ".part"), spec, target)
-        _check_and_place(part, spec, target)
-        return target
+def _cannot_write(spec: DataFile, target: Path, err: OSError) -> DataError:
+    damaged = ""
+    try:
+        if target.is_file() and (actual := sha256_of(target)) != spec.sha256:
+            damaged = f"The cache entry {target} is damaged (sha256 {actual}, expected {spec.sha256}) and "
+    except OSError:
+        pass
+    what = f"{damaged}{spec.key} cannot be fetched again" if damaged else f"Fetching {spec.key} failed"
+    good_copy = f", or put a good copy at {target}" if damaged else ""
+    return DataError(
+        f"{what}: writing {err.filename or target} in the cache folder {target.parent} failed "
+        f"({err.strerror or err}). Make that folder writable (or free space on its disk), or set "
+        f"LMLIB_CACHE to a writable folder, or LMLIB_DATA to a folder that holds {spec.key}{good_copy}."
+    )
+
+
+@contextmanager
+def _exclusive(file: Path, clock: _Deadline, spec: DataFile) -> Iterator[Path]:
+    """Hold ``file``'s lock (``<file>.lock`` beside it) and yield the partial file to download into.
+
+    The holder removes the lock file before it lets go; a process that then gets the lock on the
+    removed file sees that the path no longer names it and locks afresh. Without ``fcntl``
+    (Windows) each process downloads into its own partial file, taking over the shared one.
+    """
+    part = file.with_name(file.name + ".part")
+    if fcntl is None:
+        own = file.with_name(f"{file.name}.part-{os.getpid()}")
+        with suppress(OSError):
+            os.replace(part, own)  # resume the shared partial file, if there is one
+        try:
+            yield own
+        finally:
+            if own.exists():
+                with suppress(OSError):
+                    os.replace(own, part)  # hand it back for the next call to resume
+        return
+    lock = file.with_name(file.name + ".lock")
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _wait_for_lock(fd, lock, clock, spec)
+            try:
+                current = os.path.samestat(os.fstat(fd), os.stat(lock))
+            except FileNotFoundError:
+                current = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if current:
+            break
+        os.close(fd)
+    try:
+        yield part
+    finally:
+        with suppress(OSError):
+            lock.unlink()  # still held here, see above
+        os.close(fd)
+
+
+def _wait_for_lock(fd: int, lock: Path, clock: _Deadline, spec: DataFile) -> None:
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        except OSError as err:
+            raise DataError(
+                f"Could not lock {lock} ({err.strerror}): the cache's file system does not support "
+                "locks. Set LMLIB_CACHE to a folder on a local disk."
+            ) from err
+        if clock.left() <= 0:
+            raise DownloadError(
+                f"Another process has held {lock} (it is fetching {spec.key}) for longer than the "
+                f"download deadline of {clock.seconds:g} s. Let it finish, or end it and call again "
+                f"(its partial file is resumed); {DEADLINE_ENV} sets the deadline."
+            )
+        time.sleep(0.05)
+
+
+def _fetch_member(spec: DataFile, target: Path, extracted: Path, clock: _Deadline) -> None:
+    """Fetch the archive that holds ``spec`` (kept in ``_archives`` for its other members) and extract it."""
     archive_dir = cache_dir() / "_archives"
+    archive_dir.mkdir(parents=True, exist_ok=True)
     archive = archive_dir / _archive_name(spec.url)
-    if not archive.is_file():
-        archive_dir.mkdir(parents=True, exist_ok=True)
-        part = _download(spec.url, archive.with_name(archive.name + ".part"), spec, target)
-        os.replace(part, archive)
-    extracted = target.with_name(target.name + ".part")
-    try:
-        _extract_member(archive, spec.member, extracted)
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as err:
-        archive.unlink(missing_ok=True)
-        raise DownloadError(f"The archive {spec.url} is damaged ({err}); it was deleted, try again.") from err
-    try:
-        _check_and_place(extracted, spec, target)
-    except ChecksumError:
-        archive.unlink(missing_ok=True)  # the archive holds another version: do not reuse it
-        raise
-    return target
+    with _exclusive(archive, clock, spec) as part:
+        if not archive.is_file():
+            _download(spec.url, part, spec, target, clock, size=None)
+            os.replace(part, archive)
+        try:
+            try:
+                _extract_member(archive, spec.member, extracted)
+            except BaseException:
+                extracted.unlink(missing_ok=True)  # never leave a half-extracted file behind
+                raise
+        except DataError as err:  # the member is missing: not the archive the registry describes
+            archive.unlink(missing_ok=True)
+            raise DataError(
+                f"The archive {spec.url} for {spec.key}: {err} It was deleted from the cache "
+                f"{archive_dir}, so the next call downloads it again; if this repeats, the archive has "
+                f"changed at its source. {_by_hand(spec, target)}"
+            ) from None
+        except _DAMAGED_ARCHIVE as err:
+            archive.unlink(missing_ok=True)
+            raise DownloadError(
+                f"The archive {spec.url} for {spec.key} is damaged ({err}); it was deleted from the "
+                f"cache {archive_dir}: call again to download it afresh."
+            ) from err
+        try:
+            _check_and_place(extracted, spec, target)
+        except ChecksumError:
+            archive.unlink(missing_ok=True)  # the archive holds another version: do not reuse it
+            raise
 
 
 def _archive_name(url: str) -> str:
@@ -219,59 +383,96 @@ def _archive_name(url: str) -> str:
     return base.replace("+", "_") or hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
-def _download(url: str, part: Path, spec: DataFile, target: Path) -> Path:
-    """Stream ``url`` into ``part``, resuming a previous partial download when the server allows it."""
+def _download(url: str, part: Path, spec: DataFile, target: Path, clock: _Deadline, size: int | None) -> None:
+    """Stream ``url`` into ``part``, resuming a partial download where the server allows it.
+
+    A server that refuses the resumption (HTTP 416, or a range that starts elsewhere) gets one
+    request for the whole file; ``size``, where known, drops a partial file longer than the file.
+    """
     from tqdm.auto import tqdm
 
-    have = part.stat().st_size if part.exists() else 0
-    headers = {"User-Agent": "lmlib (course data downloader)"}
-    if have:
-        headers["Range"] = f"bytes={have}-"
-    try:
-        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60)
-    except urllib.error.HTTPError as err:
-        if err.code == 416:  # our partial file is no prefix of theirs: start over
-            part.unlink(missing_ok=True)
-            return _download(url, part, spec, target)
-        raise DownloadError(
-            f"Downloading {spec.key} from {url} failed: HTTP {err.code} {err.reason}. "
-            f"{_by_hand(spec, target)}"
-        ) from err
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise DownloadError(f"Could not reach {url} for {spec.key} ({reason}). {_by_hand(spec, target)}") from err
-    with response:
-        resumed = have > 0 and response.status == 206
-        if not resumed:
-            have = 0
-        length = response.headers.get("Content-Length")
-        total = have + int(length) if length is not None else None
+    if size is not None and part.exists() and part.stat().st_size > size:
+        part.unlink()  # longer than the file itself: no prefix of it
+    for attempt in range(2):
+        have = part.stat().st_size if part.exists() else 0
+        headers = {"User-Agent": "lmlib (course data downloader)"}
+        if have:
+            headers["Range"] = f"bytes={have}-"
+        if clock.left() <= 0:
+            raise _too_slow(spec, url, part, clock, None)
         try:
+            response = urllib.request.urlopen(
+                urllib.request.Request(url, headers=headers), timeout=min(60.0, clock.left())
+            )
+        except urllib.error.HTTPError as err:
+            if err.code == 416 and have:  # our partial file is no prefix of theirs: start over
+                part.unlink(missing_ok=True)
+                continue
+            what = " (to a request for the whole file: the server misbehaves, try again later)" if err.code == 416 else ""
+            raise DownloadError(
+                f"Downloading {spec.key} from {url} failed: HTTP {err.code} {err.reason}{what}. "
+                f"{_by_hand(spec, target)}"
+            ) from err
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise DownloadError(f"Could not reach {url} for {spec.key} ({reason}). {_by_hand(spec, target)}") from err
+        with response:
+            resumed = have > 0 and response.status == 206
+            if resumed and not response.headers.get("Content-Range", f"bytes {have}-").startswith(f"bytes {have}-"):
+                part.unlink(missing_ok=True)  # the server sent another range: start over
+                continue
+            length = response.headers.get("Content-Length")
+            total = (have if resumed else 0) + int(length) if length is not None else None
             with open(part, "ab" if resumed else "wb") as out, tqdm(
-                total=total, initial=have, unit="B", unit_scale=True, desc=spec.key, leave=False
+                total=total, initial=have if resumed else 0, unit="B", unit_scale=True, desc=spec.key, leave=False
             ) as bar:
-                while chunk := response.read(_CHUNK):
+                while True:
+                    try:
+                        chunk = response.read1(_CHUNK)
+                    except (http.client.HTTPException, OSError) as err:
+                        out.close()
+                        raise DownloadError(
+                            f"The download of {spec.key} from {url} was interrupted ({err!r}) after "
+                            f"{part.stat().st_size} bytes. The partial file {part} is kept: call again to resume."
+                        ) from err
+                    if not chunk:
+                        break
                     out.write(chunk)
                     bar.update(len(chunk))
-        except (http.client.IncompleteRead, OSError) as err:
+                    if clock.left() <= 0:
+                        out.close()
+                        raise _too_slow(spec, url, part, clock, total)
+        got = part.stat().st_size
+        if total is not None and got != total:
             raise DownloadError(
-                f"The download of {spec.key} from {url} was interrupted ({err!r}) after "
-                f"{part.stat().st_size} bytes. The partial file {part} is kept: call again to resume."
-            ) from err
-    got = part.stat().st_size
-    if total is not None and got != total:
-        raise DownloadError(
-            f"The download of {spec.key} from {url} stopped at {got} of {total} bytes. "
-            f"The partial file {part} is kept: call again to resume."
-        )
-    return part
+                f"The download of {spec.key} from {url} stopped at {got} of {total} bytes. "
+                f"The partial file {part} is kept: call again to resume."
+            )
+        return
+    raise DownloadError(
+        f"{url} refused to resume the download of {spec.key} and then refused the whole file too. "
+        f"Try again later. {_by_hand(spec, target)}"
+    )
+
+
+def _too_slow(spec: DataFile, url: str, part: Path, clock: _Deadline, total: int | None) -> DownloadError:
+    got = part.stat().st_size if part.exists() else 0
+    return DownloadError(
+        f"The download of {spec.key} from {url} did not finish within its deadline of {clock.seconds:g} s "
+        f"({got} of {total if total is not None else 'unknown'} bytes). The partial file {part} is kept: "
+        f"call again to resume, or allow more time (deadline= or {DEADLINE_ENV})."
+    )
+
+
+#: What a damaged archive raises while it is read (a bad CRC, a truncated or garbled stream).
+_DAMAGED_ARCHIVE = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
 
 
 def _extract_member(archive: Path, member: str, out: Path) -> None:
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
             if member not in zf.namelist():
-                raise DataError(f"{archive.name} has no member {member!r}; it has {zf.namelist()[:10]}")
+                raise DataError(f"it has no member {member!r} (its first members: {zf.namelist()[:10]}).")
             with zf.open(member) as src, open(out, "wb") as dst:
                 shutil.copyfileobj(src, dst)
         return
@@ -279,14 +480,15 @@ def _extract_member(archive: Path, member: str, out: Path) -> None:
         try:
             src = tf.extractfile(member)
         except KeyError:
-            raise DataError(f"{archive.name} has no member {member!r}; it has {tf.getnames()[:10]}") from None
+            raise DataError(f"it has no member {member!r} (its first members: {tf.getnames()[:10]}).") from None
         if src is None:
-            raise DataError(f"{member!r} in {archive.name} is not a regular file.")
+            raise DataError(f"its member {member!r} is not a regular file.")
         with src, open(out, "wb") as dst:
             shutil.copyfileobj(src, dst)
 
 
 def _check_and_place(part: Path, spec: DataFile, target: Path) -> None:
+    """Check ``part`` against the registry, move it to ``target`` atomically, and check it there again."""
     actual = sha256_of(part)
     if actual != spec.sha256:
         part.unlink(missing_ok=True)
@@ -296,6 +498,13 @@ def _check_and_place(part: Path, spec: DataFile, target: Path) -> None:
             "Try again, or fetch the file by hand and put it at " + str(target)
         )
     os.replace(part, target)  # atomic: readers never see a half-written file
+    placed = sha256_of(target)
+    if placed != spec.sha256:  # another program wrote to the cache at the same moment
+        target.unlink(missing_ok=True)
+        raise ChecksumError(
+            f"{target} changed while it was moved into place (sha256 {placed}, expected {spec.sha256}): "
+            "another program writes to the cache folder. It was deleted; call again."
+        )
 
 
 def _by_hand(spec: DataFile, target: Path) -> str:
@@ -366,7 +575,15 @@ def pad_right(rows, value: int, length: int | None = None) -> torch.Tensor:
 
 def read_text(name: str, file: str | None = None, encoding: str = "utf-8") -> str:
     """The text of a registered file (see its SOURCE notes for encodings, e.g. cp1252 for rt-polarity)."""
-    return path(name, file).read_text(encoding=encoding)
+    file_path = path(name, file)
+    try:
+        return file_path.read_text(encoding=encoding)
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{file_path} ({name}) is not {encoding} text: byte {err.object[err.start]:#04x} at offset "
+            f"{err.start} is not valid {err.encoding}. Pass the file's encoding, e.g. "
+            f"read_text({name!r}, ..., encoding='cp1252') or encoding='latin-1'."
+        ) from err
 
 
 def split(seq, val_fraction: float = 0.1):
@@ -384,6 +601,46 @@ def split(seq, val_fraction: float = 0.1):
 #: The target id that ``F.cross_entropy`` skips (its default ``ignore_index``): prompt tokens in
 #: instruction tuning, sub-words without a label in tagging, padding everywhere.
 IGNORE_INDEX = -100
+
+
+def check_targets(targets: torch.Tensor, n_classes: int | None = None, where: str = "targets",
+                  classes: str = "vocab_size") -> None:
+    """Raise a clear error for targets whose loss would be wrong, NaN or a device-side error.
+
+    Targets are integer token or class ids, each in ``[0, n_classes)`` or :data:`IGNORE_INDEX`;
+    a float target would be truncated, a batch with every target ignored has a 0/0 = NaN mean
+    loss, and an id out of range fails inside the loss. :meth:`lmlib.model.GPT.check_input` and
+    :class:`lmlib.train.Trainer` (for any model) both check through this one function.
+    ``classes`` names what ``n_classes`` is, for the message.
+    """
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(f"{where}: targets must be a tensor of token or class ids, got {type(targets).__name__}.")
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        first = targets.flatten()[0].item() if targets.numel() else None
+        raise TypeError(
+            f"{where}: targets must hold integer token ids (or {IGNORE_INDEX} to skip a position), got dtype "
+            f"{targets.dtype} (first value {first!r}); a float target would be truncated. Build them with "
+            "dtype=torch.long."
+        )
+    if targets.numel() == 0:
+        raise ValueError(f"{where}: an empty batch (targets of shape {tuple(targets.shape)}); every batch needs "
+                         "at least one target.")
+    kept = targets != IGNORE_INDEX
+    scored = targets.masked_fill(~kept, 0)  # 0 is a valid id: it hides only the ignored ones
+    lo, hi, n_kept = torch.stack([scored.min(), scored.max(), kept.sum()]).tolist()  # one read from the device
+    if lo < 0 or (n_classes is not None and hi >= n_classes):
+        bad = targets[kept & ((targets < 0) | (targets >= (n_classes if n_classes is not None else hi + 1)))]
+        limit = f"[0, {n_classes}) ({classes})" if n_classes is not None else ">= 0"
+        raise ValueError(
+            f"{where}: targets must be token ids in {limit} or {IGNORE_INDEX} (ignored), got "
+            f"{bad.unique()[:5].tolist()}; were they encoded with another tokenizer, or padded with another "
+            f"value than {IGNORE_INDEX}?"
+        )
+    if n_kept == 0:
+        raise ValueError(
+            f"{where}: every target is {IGNORE_INDEX} (ignored): the mean loss over no token is NaN. Leave at "
+            "least one position to predict, or skip this batch."
+        )
 
 
 def random_batches(n_rows: int, batch_size: int, make_batch: Callable[[list[int]], T]) -> Callable[[torch.Generator], T]:

@@ -10,25 +10,34 @@ or from the files a tokenizer's ``save_pretrained`` writes into the folder. Chap
 GPT-2 through :func:`gpt2_or_skip`, which says in one short line why it skipped when offline;
 the tests run the same functions on a small random checkpoint with GPT-2's layout.
 
+A damaged file never loads quietly: a ``config.json`` that is not a GPT-2 config, or a
+``model.safetensors`` that is empty, cut short, a pickle, or differs from the sha256 the Hub cache
+names it by, raises ``ValueError`` naming the file and saying how to get a good copy. A file in a
+local folder has no such checksum; a weight damaged into NaN or infinity is still caught.
+
 API::
 
-    load_gpt2(name_or_folder="gpt2", revision=None) -> GPT     # on the CPU, in evaluation mode
+    load_gpt2(name_or_folder="gpt2", revision=None) -> GPT     # on the CPU, in evaluation mode; ValueError names a bad file
     load_gpt2_tokenizer(name_or_folder="gpt2", revision=None) -> GPT2TokenizerFast
     load_gpt2_and_tokenizer(name_or_folder="gpt2", revision=None) -> (GPT, GPT2TokenizerFast)
     gpt2_or_skip(name_or_folder="gpt2", enabled=True, revision=None) -> ((GPT, tokenizer) or None, reason)
     checkpoint_files(name_or_folder="gpt2", revision=None) -> (config.json path, model.safetensors path)
-    read_config(path) -> GPTConfig
+    read_config(path) -> GPTConfig                             # ValueError naming the file and the field
     hub_reachable(timeout=3.0) -> bool                         # a quick check before downloading
     GPT2_SIZES: the four published GPT-2 checkpoints on the Hub
     HubUnavailable: raised when the files can be neither downloaded nor found in the cache
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import socket
 from pathlib import Path
 from types import SimpleNamespace
 
+import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import GPT2TokenizerFast
 
@@ -43,6 +52,12 @@ CONFIG, WEIGHTS = "config.json", "model.safetensors"
 # A tokenizer folder holds the fast tokenizer's tokenizer.json, or the vocabulary and merges of GPT-2's BPE.
 TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
 HUB_HOST = "huggingface.co"
+# The sizes a GPT-2 config.json must give, and the other names transformers accepts for them.
+SIZES = ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd")
+SIZE_ALIASES = {"n_positions": "max_position_embeddings", "n_layer": "num_hidden_layers",
+                "n_head": "num_attention_heads", "n_embd": "hidden_size"}
+# How a pickle starts: torch.save's zip archive, or a bare pickle (protocol 2 and later).
+PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 # The repository names OpenAI's GPT-2 weights have on the Hub, smallest first (124M to 1.5B parameters).
 GPT2_SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 
@@ -107,26 +122,102 @@ def checkpoint_files(name_or_folder: str | Path = "gpt2", revision: str | None =
     return paths[0], paths[1]
 
 
+def _redo(path: Path) -> str:
+    """What to do about a damaged checkpoint file: fetch it again (a Hub cache entry) or write it again."""
+    real = path.resolve()
+    if real.parent.name == "blobs" and real.parent.parent.name.startswith("models--"):
+        return (f"delete the cached copy {real} and load again, which downloads it afresh "
+                "(or pass force_download=True to huggingface_hub.hf_hub_download).")
+    return ("copy or download it again, or write the folder again with "
+            "save_pretrained(folder, safe_serialization=True).")
+
+
 def read_config(path: str | Path) -> GPTConfig:
-    """The :class:`GPTConfig` described by a GPT-2 ``config.json`` (no ``transformers`` needed)."""
-    raw = json.loads(Path(path).read_text())
+    """The :class:`GPTConfig` described by a GPT-2 ``config.json`` (no ``transformers`` needed).
+
+    Reads the names ``transformers`` reads (``n_head`` or ``num_attention_heads`` and the like) and
+    raises ``ValueError`` naming the file for a file that is not a JSON object, lacks a size, or
+    sets a field the course's GPT cannot honour (see :func:`lmlib.pretrained.config_from_hf`).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}), so not a config.json: "
+                         + _redo(path)) from err
+    if not text.strip():
+        raise ValueError(f"{path} is empty: " + _redo(path))
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err.msg}, line {err.lineno} column {err.colno}): "
+                         + _redo(path)) from err
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} holds a JSON {type(raw).__name__}, where a config.json holds an object of "
+                         "fields ({\"n_embd\": 768, ...}): " + _redo(path))
     if raw.get("model_type", "gpt2") != "gpt2":
         raise ValueError(f"{path} describes a {raw['model_type']!r} model; load_gpt2 reads GPT-2 checkpoints only.")
-    missing = [k for k in ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd") if k not in raw]
+    for ours, theirs in SIZE_ALIASES.items():  # transformers takes the second name over the first
+        if theirs in raw:
+            if ours in raw and raw[ours] != raw[theirs]:
+                raise ValueError(f"{path} sets {ours}={raw[ours]!r} and {theirs}={raw[theirs]!r}, two names of one "
+                                 "size: keep one of them.")
+            raw[ours] = raw.pop(theirs)
+    missing = [k for k in SIZES if k not in raw]
     if missing:
         raise ValueError(f"{path} lacks {missing}: is it the config.json of a GPT-2 checkpoint?")
-    return config_from_hf(SimpleNamespace(**{"activation_function": "gelu_new", **raw}))
+    for k in SIZES:
+        if not isinstance(raw[k], int) or isinstance(raw[k], bool) or raw[k] < 1:
+            raise ValueError(f"{path} sets {k}={raw[k]!r}, which must be a positive integer.")
+    try:
+        return config_from_hf(SimpleNamespace(**raw))
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``model.safetensors``, or a ``ValueError`` naming the file and what to do."""
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes): " + _redo(path))
+    expected = path.resolve().name
+    if path.resolve().parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", expected):
+        # The Hub cache names a large file after its sha256: a free check that the copy is whole.
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 24), b""):
+                digest.update(chunk)
+        if digest.hexdigest() != expected:
+            raise ValueError(f"{path} is damaged: its sha256 is {digest.hexdigest()}, the Hub's is {expected}. "
+                             + _redo(path))
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as err:
+        with path.open("rb") as f:
+            head = f.read(4)
+        if head.startswith(PICKLE_MAGIC):
+            raise ValueError(f"{path} holds a pickle (PyTorch's torch.save format), not safetensors. load_gpt2 "
+                             "reads only safetensors, because loading a pickle can run any code it contains; get "
+                             "the model.safetensors of this checkpoint instead (save_pretrained writes it with "
+                             "safe_serialization=True).") from err
+        raise ValueError(f"{path} is not a readable safetensors file, truncated or damaged ({err}): "
+                         + _redo(path)) from err
 
 
 def load_gpt2(name_or_folder: str | Path = "gpt2", revision: str | None = None) -> GPT:
     """A :class:`GPT` holding a published GPT-2 checkpoint (a Hub name) or a local copy (a folder).
 
     ``load_gpt2("gpt2")`` downloads about 550 MB once (the 124M-parameter model in float32) and
-    then reads it from the cache. Raises :class:`HubUnavailable` when offline with an empty cache.
+    then reads it from the cache. Raises :class:`HubUnavailable` when offline with an empty cache,
+    and ``ValueError`` naming the file when ``config.json`` or ``model.safetensors`` is damaged, the
+    config asks for something the course's GPT does not do, or the tensors do not fit the config.
     """
     config_path, weights_path = checkpoint_files(name_or_folder, revision)
     config = read_config(config_path)
-    return gpt_from_hf_state_dict(load_file(weights_path), config)
+    state_dict = _read_weights(weights_path)
+    try:
+        return gpt_from_hf_state_dict(state_dict, config)
+    except (KeyError, ValueError) as err:
+        raise ValueError(f"{weights_path} does not fit {config_path.name}: {err.args[0]}") from err
 
 
 def load_gpt2_tokenizer(name_or_folder: str | Path = "gpt2", revision: str | None = None) -> GPT2TokenizerFast:

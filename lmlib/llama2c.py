@@ -53,6 +53,7 @@ import torch
 
 from lmlib.data import path as data_path
 from lmlib.model import GPT, GPTConfig
+from lmlib.tokenizers import check_ids
 
 Tensor = torch.Tensor
 
@@ -314,14 +315,8 @@ class Llama2cTokenizer:
 
         As in run.c, a piece right after BOS loses its leading space (the dummy prefix).
         """
-        if isinstance(ids, Tensor):
-            if ids.dim() > 1:
-                raise ValueError(f"decode takes one sequence (1-D), got shape {tuple(ids.shape)}; decode each row.")
-            ids = ids.tolist()
         out, prev = [], None
-        for i in ids:
-            if not 0 <= i < self.vocab_size:
-                raise ValueError(f"token id {i} is outside the vocabulary (size {self.vocab_size}).")
+        for i in check_ids(ids, self.vocab_size):
             piece = self._bytes[i]
             if prev == BOS_ID and piece.startswith(b" "):
                 piece = piece[1:]

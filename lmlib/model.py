@@ -25,7 +25,8 @@ GPTConfig(vocab_size=65, block_size=128, n_layer=4, pos="learned", tie_weights=T
           n_head=4, n_kv_heads=None, dropout=0.0, bias=True, norm="layer", mlp="gelu",
           mlp_hidden_dim=None, prenorm=True, fast=True) a BlockConfig with the model's own fields
 GPT(config)
-    forward(idx, targets=None, cache=None) -> (logits, loss)
+    forward(idx, targets=None, cache=None) -> (logits, loss)     targets: ids, or -100 to skip
+    check_input(idx, offset=0, targets=None)            clear errors for ids and targets it cannot take
     hidden_states(idx, cache=None) -> (B, T, n_embd)     final-normed, before the LM head
     new_cache() -> list[KVCache]                        one per layer, for lmlib.generate
     num_params(non_embedding=False) -> int
@@ -38,15 +39,20 @@ GPTWithHead(gpt, n_outputs, pad_id, dropout=0.0)        a linear head on a GPT's
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import numbers
+from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from lmlib.attention import KVCache, LearnedPositions, MultiHeadAttention, RotaryEmbedding
+from lmlib.data import IGNORE_INDEX, check_targets
 
 Tensor = torch.Tensor
+
+_ID_DTYPES = (torch.long, torch.int, torch.int16, torch.uint8, torch.int8)
 
 __all__ = ["LayerNorm", "RMSNorm", "MLP", "SwiGLU", "BlockConfig", "Block", "GPTConfig", "GPT", "count_params", "num_params", "GPTWithHead"]
 
@@ -130,6 +136,11 @@ class BlockConfig:
     PyTorch's fused attention; ``False`` runs chapter 2's explicit formula (same numbers, slower).
     :class:`GPTConfig` and :class:`lmlib.seq2seq.Seq2SeqConfig` are block configs with more fields
     (keyword-only here, so their own fields keep their positions).
+
+    Every field typed ``int``, ``bool`` or ``float``, here or in a subclass, is checked for its type
+    when the config is built: any integer, a NumPy one too, is stored as a plain ``int``; a float,
+    bool or string in an integer field (or anything but True or False in a bool field) is an error
+    naming the field.
     """
 
     n_embd: int = 128
@@ -144,17 +155,21 @@ class BlockConfig:
     fast: bool = True
 
     def __post_init__(self) -> None:
+        self._check_field_types()
         name = type(self).__name__
         for field_name in ("n_head", "n_embd"):
             value = getattr(self, field_name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if value < 1:
                 raise ValueError(f"{name}.{field_name} must be a positive integer, got {value!r}.")
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: each head gets "
                 f"n_embd / n_head features. Pick n_head among the divisors of {self.n_embd}."
             )
-        if self.kv_heads < 1 or self.n_head % self.kv_heads:
+        if self.n_kv_heads is not None and self.n_kv_heads < 1:
+            raise ValueError(f"{name}.n_kv_heads must be a positive integer or None (one per query head), "
+                             f"got {self.n_kv_heads!r}.")
+        if self.n_head % self.kv_heads:
             raise ValueError(
                 f"n_head={self.n_head} must be a multiple of n_kv_heads={self.n_kv_heads} "
                 "(query heads share key/value heads in equal groups)."
@@ -162,11 +177,38 @@ class BlockConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
         hidden = self.mlp_hidden_dim
-        if hidden is not None and (not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1):
+        if hidden is not None and hidden < 1:
             raise ValueError(f"{name}.mlp_hidden_dim must be a positive integer or None (the default width), got {hidden!r}.")
         for field_name, allowed in {"norm": ("layer", "rms"), "mlp": ("gelu", "swiglu")}.items():
             if getattr(self, field_name) not in allowed:
                 raise ValueError(f"{name}.{field_name} must be one of {allowed}, got {getattr(self, field_name)!r}.")
+
+    def _check_field_types(self) -> None:
+        """Check each ``int``, ``bool`` and ``float`` field's type; store integers as plain ints."""
+        name = type(self).__name__
+        for f in fields(self):
+            kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+            optional = kind.replace(" ", "").endswith("|None")
+            kind = kind.replace(" ", "").removesuffix("|None")
+            value = getattr(self, f.name)
+            if (optional and value is None) or kind not in ("int", "bool", "float"):
+                continue
+            if kind == "int":
+                ok = isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+                cast, what = int, "an integer"
+            elif kind == "bool":
+                ok = isinstance(value, (bool, np.bool_))
+                cast, what = bool, "True or False"
+            else:
+                ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+                cast, what = float, "a number"
+            if not ok:
+                hint = f" Write {int(value)}." if kind == "int" and isinstance(value, float) and value.is_integer() else ""
+                raise ValueError(
+                    f"{name}.{f.name} must be {what}{' or None' if optional else ''}, got {value!r} "
+                    f"({type(value).__name__}).{hint}"
+                )
+            object.__setattr__(self, f.name, cast(value))
 
     @property
     def head_dim(self) -> int:
@@ -209,11 +251,11 @@ class GPTConfig(BlockConfig):
     tie_weights: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # every field's type, then the block's fields
         for name in ("vocab_size", "block_size", "n_layer"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if value < 1:
                 raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}.")
-        super().__post_init__()
         if self.pos not in ("learned", "rope"):
             raise ValueError(f"GPTConfig.pos must be one of ('learned', 'rope'), got {self.pos!r}.")
         if self.pos == "rope" and self.head_dim % 2:
@@ -309,44 +351,55 @@ class GPT(nn.Module):
         """One empty :class:`lmlib.attention.KVCache` per layer, for incremental decoding."""
         return [KVCache() for _ in self.blocks]
 
-    def check_input(self, idx: Tensor, offset: int = 0) -> None:
-        """Raise a clear error for token ids the model cannot take (shape, dtype, length, range).
+    def check_input(self, idx: Tensor, offset: int = 0, targets: Tensor | None = None) -> None:
+        """Raise a clear error for token ids (and targets) the model cannot take.
 
-        Inside a ``torch.compile`` trace the range check is skipped: reading ``idx.min()`` would
-        split the compiled graph in two at every call. :class:`lmlib.train.Trainer` therefore
-        calls this method on each batch before a compiled forward pass.
+        Checks ``idx``'s shape, dtype, length and range; ``targets`` must be integer ids of the
+        same shape, each in [0, vocab_size) or the ignore value -100, and not all ignored (the mean
+        loss over no token is NaN). Inside a ``torch.compile`` trace the range checks are skipped:
+        reading ``idx.min()`` would split the compiled graph in two at every call.
+        :class:`lmlib.train.Trainer` therefore calls this method on each batch before a compiled
+        forward pass. The range checks read one small tensor back from the device.
         """
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
             shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
             raise ValueError(f"idx must be a (batch, seq) tensor of token ids, got {shape}; add a batch axis with idx[None].")
-        if idx.dtype not in (torch.long, torch.int, torch.int16, torch.uint8, torch.int8):
+        if idx.dtype not in _ID_DTYPES:
             raise TypeError(f"idx must hold integer token ids, got dtype {idx.dtype}.")
-        T = idx.shape[1]
+        B, T = idx.shape
         if T == 0:
             raise ValueError("idx is empty along the sequence axis: give at least one token.")
+        if B == 0:
+            raise ValueError("idx is an empty batch (batch size 0): give at least one sequence.")
         if offset + T > self.config.block_size:
             raise ValueError(
                 f"sequence of {offset + T} tokens (cache {offset} + new {T}) is longer than the context "
                 f"block_size={self.config.block_size}; crop it to the last {self.config.block_size} tokens."
             )
+        if targets is not None:
+            if not isinstance(targets, torch.Tensor):
+                raise TypeError(f"targets must be a tensor of token ids shaped like idx, got {type(targets).__name__}.")
+            if targets.shape != idx.shape:
+                raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}.")
         if torch.compiler.is_compiling():
+            if targets is not None and targets.is_floating_point():  # a dtype check costs no device read
+                check_targets(targets, self.config.vocab_size)
             return
-        lo, hi = int(idx.min()), int(idx.max())
+        lo, hi = torch.stack([idx.min(), idx.max()]).long().tolist()
         if lo < 0 or hi >= self.config.vocab_size:
             raise ValueError(
                 f"token ids must be in [0, {self.config.vocab_size}) (vocab_size), got values in "
                 f"[{lo}, {hi}]; was the text encoded with a different tokenizer?"
             )
+        if targets is not None:
+            check_targets(targets, self.config.vocab_size)
 
-    def hidden_states(self, idx: Tensor, cache: list[KVCache] | None = None) -> Tensor:
-        """The final-normed hidden states (B, T, n_embd): the forward pass without the LM head.
-
-        Chapter 5's classifiers pool these instead of predicting the next token.
-        """
+    def _cache_offset(self, cache: list[KVCache] | None) -> int:
         if cache is not None and len(cache) != len(self.blocks):
             raise ValueError(f"cache must hold one KVCache per layer ({len(self.blocks)}), got {len(cache)}.")
-        offset = cache[0].length if cache is not None else 0
-        self.check_input(idx, offset)
+        return cache[0].length if cache is not None else 0
+
+    def _body(self, idx: Tensor, cache: list[KVCache] | None, offset: int) -> Tensor:
         x = self.wte(idx.long())
         if self.wpe is not None:
             x = self.wpe(x, offset)
@@ -355,19 +408,30 @@ class GPT(nn.Module):
             x = block(x, cache=None if cache is None else cache[i])
         return self.ln_f(x)
 
+    def hidden_states(self, idx: Tensor, cache: list[KVCache] | None = None) -> Tensor:
+        """The final-normed hidden states (B, T, n_embd): the forward pass without the LM head.
+
+        Chapter 5's classifiers pool these instead of predicting the next token.
+        """
+        offset = self._cache_offset(cache)
+        self.check_input(idx, offset)
+        return self._body(idx, cache, offset)
+
     def forward(self, idx: Tensor, targets: Tensor | None = None,
                 cache: list[KVCache] | None = None) -> tuple[Tensor, Tensor | None]:
         """Logits (B, T, vocab) for every position, and the mean cross-entropy against ``targets``.
 
-        With ``cache`` (from :meth:`new_cache`), ``idx`` holds only the new tokens; their keys and
-        values are appended to the cache and they attend to everything before them.
+        ``targets`` are the next token at each position, or -100 (:data:`lmlib.data.IGNORE_INDEX`) where the loss should skip it
+        (checked by :meth:`check_input`). With ``cache`` (from :meth:`new_cache`), ``idx`` holds
+        only the new tokens; their keys and values are appended to the cache and they attend to
+        everything before them.
         """
-        if targets is not None and targets.shape != idx.shape:
-            raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}.")
-        logits = self.lm_head(self.hidden_states(idx, cache))
+        offset = self._cache_offset(cache)
+        self.check_input(idx, offset, targets)
+        logits = self.lm_head(self._body(idx, cache, offset))
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten().long())
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten().long(), ignore_index=IGNORE_INDEX)
         return logits, loss
 
     def num_params(self, non_embedding: bool = False) -> int:

@@ -93,6 +93,7 @@ class Seq2SeqConfig(BlockConfig):
     eos_id: int = 2
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # every field's type (integers as plain ints), then the block's fields
         for name in ("src_vocab_size", "tgt_vocab_size", "max_src_len", "max_tgt_len",
                      "n_encoder_layer", "n_decoder_layer"):
             value = getattr(self, name)
@@ -116,7 +117,6 @@ class Seq2SeqConfig(BlockConfig):
                 f"({self.src_vocab_size}, {self.tgt_vocab_size}) and the pad ids ({self.src_pad_id}, "
                 f"{self.tgt_pad_id}) must be equal. Use shared_vocab=False for separate vocabularies."
             )
-        super().__post_init__()  # the block's fields: width, heads, dropout, norm and MLP kinds
 
 
 # --- the model ----------------------------------------------------------------------------------

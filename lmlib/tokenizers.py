@@ -7,6 +7,7 @@ model uses the word vocabulary with its own special tokens.
 
 API summary
 -----------
+check_ids(ids, vocab_size) -> list[int]        ids to decode as plain ints, each checked in [0, vocab_size)
 CharTokenizer(chars)                           .from_text(text) .encode(text) .decode(ids) .vocab_size
 UNK = "<unk>"
 Vocab(words, specials=("<unk>",), unk="<unk>")  words to ids and back, the special tokens first
@@ -28,9 +29,10 @@ from __future__ import annotations
 
 import heapq
 import json
+import numbers
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import regex
@@ -39,9 +41,46 @@ import torch
 from lmlib import data
 
 __all__ = [
-    "CharTokenizer", "UNK", "Vocab", "PRETOKENIZE", "GPT2_PRETOKENIZE", "pretokenize", "gpt2_byte_to_unicode",
+    "check_ids", "CharTokenizer", "UNK", "Vocab", "PRETOKENIZE", "GPT2_PRETOKENIZE", "pretokenize", "gpt2_byte_to_unicode",
     "WordTokenizer", "merge_pair", "ByteBPE",
 ]
+
+
+def check_ids(ids: Iterable[int] | torch.Tensor, vocab_size: int) -> list[int]:
+    """``ids`` (a 1-D tensor or array, or an iterable of integers) as plain ints in [0, ``vocab_size``).
+
+    Every tokenizer's ``decode`` starts here, so that a negative id is an error rather than
+    Python's count from the end, and a float id an error rather than a truncated one.
+    """
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, (Iterable, torch.Tensor)):
+        raise TypeError(f"decode takes a sequence of integer token ids, got {type(ids).__name__} {ids!r:.40}; "
+                        "for one id write decode([i]).")
+    if hasattr(ids, "dtype") and hasattr(ids, "tolist"):  # a tensor or a NumPy array
+        if getattr(ids, "ndim", 1) > 1:
+            raise ValueError(f"decode takes one sequence (1-D), got shape {tuple(ids.shape)}; decode each row.")
+        kind = str(ids.dtype)
+        if any(word in kind for word in ("float", "complex", "bool")):
+            raise TypeError(f"token ids must be integers, got an array of dtype {kind}; convert whole-number "
+                            "ids with .long() (a tensor) or .astype(int) (an array).")
+        out = ids.tolist()  # plain ints
+        out = [out] if isinstance(out, int) else out  # a 0-d tensor: one id
+    else:
+        out = list(ids)
+        for pos, i in enumerate(out):
+            if type(i) is not int:
+                if isinstance(i, torch.Tensor) and i.dim() == 0 and not (i.is_floating_point() or i.is_complex()
+                                                                         or i.dtype == torch.bool):
+                    out[pos] = int(i)  # one id taken out of a tensor, such as ids[t]
+                    continue
+                if not isinstance(i, numbers.Integral) or isinstance(i, bool):
+                    raise TypeError(f"token ids must be integers, got {i!r} ({type(i).__name__}) at position "
+                                    f"{pos}; round or convert the ids to int first.")
+                out[pos] = int(i)
+    if out and not 0 <= min(out) <= max(out) < vocab_size:
+        bad = sorted({i for i in out if not 0 <= i < vocab_size})
+        raise ValueError(f"token ids {bad[:5]} are outside the vocabulary [0, {vocab_size}); were they made "
+                         "by another tokenizer?")
+    return out
 
 
 class CharTokenizer:
@@ -72,13 +111,9 @@ class CharTokenizer:
             ) from None
 
     def decode(self, ids: Iterable[int] | torch.Tensor) -> str:
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
-        try:
-            return "".join(self.chars[i] for i in ids)
-        except IndexError:
-            bad = [i for i in ids if not 0 <= i < self.vocab_size]
-            raise ValueError(f"Ids {bad[:5]} are outside the vocabulary (size {self.vocab_size}).") from None
+        """The text of ``ids``; an id outside [0, vocab_size) or not an integer is an error."""
+        chars = self.chars
+        return "".join(chars[i] for i in check_ids(ids, self.vocab_size))
 
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size})"
@@ -160,14 +195,8 @@ class Vocab:
 
     def decode(self, ids: Iterable[int] | torch.Tensor) -> list[str]:
         """The words of ``ids`` (special tokens included, as they are)."""
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
-        out = []
-        for i in ids:
-            if not 0 <= int(i) < len(self.itos):
-                raise ValueError(f"id {int(i)} is outside the vocabulary (size {len(self.itos)}).")
-            out.append(self.itos[int(i)])
-        return out
+        itos = self.itos
+        return [itos[i] for i in check_ids(ids, len(itos))]
 
 
 #: Pre-tokenization in the style of GPT-2, written for Python's standard ``re``: English
@@ -190,6 +219,56 @@ def _compile_pattern(pattern: str) -> re.Pattern | regex.Pattern:
     """
     uses_classes = "\\p{" in pattern or "\\P{" in pattern
     return (regex if uses_classes else re).compile(pattern)
+
+
+#: Text a pre-tokenization pattern must split into pieces that join back to it: letters, digits,
+#: spaces, punctuation, newlines, tabs and non-ASCII characters (accents, CJK, an emoji, a
+#: combining mark, a no-break space, a control character).
+_PATTERN_PROBE = (
+    "Hello, World! It's 42 o'clock -- isn't it?\n\n  Tabs\tand   spaces;  trailing  \r\n"
+    "(x_1 + y[2]) * {z} / 3.14 = $5 & 100% @home #tag ~`^\"|\\<>\n"
+    "café naïve Ünïcödé ñ 日本語 Здравствуй مرحبا ٣ e\u0301 \u00a0nbsp \u200bzw 😀 \x00\x7f end"
+)
+
+
+def _checked_pattern(pattern: str) -> re.Pattern | regex.Pattern:
+    """``pattern`` compiled, if its pieces always join back to the text; a clear error otherwise."""
+    if not isinstance(pattern, str):
+        raise TypeError(f"the pre-tokenization pattern must be a regular expression (str), got {type(pattern).__name__}.")
+    try:
+        compiled = _compile_pattern(pattern)
+    except (re.error, regex.error) as err:
+        raise ValueError(f"the pre-tokenization pattern {pattern!r} is not a valid regular expression ({err}).") from None
+    if compiled.groups:
+        raise ValueError(
+            f"the pre-tokenization pattern {pattern!r} has capturing groups, so findall would return the "
+            "groups instead of the pieces; write its groups as (?:...)."
+        )
+    covered = [False] * len(_PATTERN_PROBE)
+    for match in compiled.finditer(_PATTERN_PROBE):
+        covered[match.start():match.end()] = [True] * (match.end() - match.start())
+    if not all(covered):
+        lost = list(dict.fromkeys(ch for ch, ok in zip(_PATTERN_PROBE, covered) if not ok))
+        raise ValueError(
+            f"the pre-tokenization pattern {pattern!r} drops characters: on a test text its pieces do not "
+            f"join back to the text (lost e.g. {lost[:8]}), so encoding would lose text. End the pattern "
+            "with an alternative that matches any character, such as |[\\s\\S], or use the default PRETOKENIZE."
+        )
+    return compiled
+
+
+def _special_list(special_tokens: Iterable[str]) -> list[str]:
+    """The special tokens as a list of distinct non-empty strings, in the order given."""
+    if isinstance(special_tokens, (str, bytes, Mapping)) or not isinstance(special_tokens, Iterable):
+        raise TypeError(
+            f"special_tokens must be a list of strings such as ['<|endoftext|>'], got {type(special_tokens).__name__} "
+            f"{special_tokens!r:.60}; their ids follow the merges, in the order of the list."
+        )
+    specials = list(dict.fromkeys(special_tokens))
+    bad = [t for t in specials if not isinstance(t, str) or not t]
+    if bad:
+        raise ValueError(f"special tokens must be non-empty strings, got {bad[:3]!r}.")
+    return specials
 
 
 def pretokenize(text: str, pattern: str = PRETOKENIZE) -> list[str]:
@@ -288,7 +367,7 @@ class ByteBPE:
     ):
         self.merges = [tuple(int(x) for x in m) for m in merges]
         self.pattern = pattern
-        self._compiled = _compile_pattern(pattern)
+        self._compiled = _checked_pattern(pattern)
         self.byte_order = list(range(256)) if byte_order is None else [int(b) for b in byte_order]
         if sorted(self.byte_order) != list(range(256)):
             raise ValueError(
@@ -312,9 +391,7 @@ class ByteBPE:
                 )
             self.ranks[(a, b)] = new_id
             self.vocab.append(self.vocab[a] + self.vocab[b])
-        specials = list(dict.fromkeys(special_tokens))
-        if any(not s for s in specials):
-            raise ValueError("Special tokens must be non-empty strings.")
+        specials = _special_list(special_tokens)
         self.special_tokens = {s: len(self.vocab) + i for i, s in enumerate(specials)}
         self._special_of_id = {i: s for s, i in self.special_tokens.items()}
         self._special_re = (
@@ -343,7 +420,8 @@ class ByteBPE:
         """
         from tqdm.auto import tqdm
 
-        specials = list(dict.fromkeys(special_tokens))
+        specials = _special_list(special_tokens)
+        _checked_pattern(pattern)
         n_merges = vocab_size - 256 - len(specials)
         if n_merges < 0:
             raise ValueError(
@@ -478,12 +556,27 @@ class ByteBPE:
             raise TypeError(f"encode expects a str, got {type(text).__name__}; decode bytes first.")
         out: list[int] = []
         parts = self._special_re.split(text) if self._special_re else [text]
-        for k, part in enumerate(parts):
-            if k % 2 == 1:  # re.split with one group puts the separators at odd positions
-                out.append(self.special_tokens[part])
-                continue
-            for piece in self._compiled.findall(part):
-                out.extend(self._encode_piece(piece))
+        try:
+            for k, part in enumerate(parts):
+                if k % 2 == 1:  # re.split with one group puts the separators at odd positions
+                    out.append(self.special_tokens[part])
+                    continue
+                pieces = self._compiled.findall(part)
+                if sum(map(len, pieces)) != len(part):  # pieces are in order: equal length = all covered
+                    raise ValueError(
+                        f"the pre-tokenization pattern {self.pattern!r} does not cover every character of "
+                        f"{part[:40]!r}; encoding would drop text. Use a pattern that matches any character."
+                    )
+                for piece in pieces:
+                    out.extend(self._encode_piece(piece))
+        except UnicodeEncodeError:
+            pos = next(i for i, ch in enumerate(text) if "\ud800" <= ch <= "\udfff")
+            raise ValueError(
+                f"the text holds an unpaired surrogate {text[pos]!r} at position {pos}, which is not a "
+                "character and has no UTF-8 bytes; it usually comes from decoding with errors='surrogateescape' "
+                "or a broken UTF-16 source. Remove it or replace it (text.encode('utf-8', "
+                "'replace').decode()) first."
+            ) from None
         return out
 
     def encode(self, text: str) -> torch.Tensor:
@@ -491,17 +584,11 @@ class ByteBPE:
         return torch.tensor(self.encode_list(text), dtype=torch.long)
 
     def decode_bytes(self, ids: Iterable[int] | torch.Tensor) -> bytes:
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
+        """The bytes of ``ids`` (a special token as its UTF-8 text)."""
         out = []
-        n = len(self.vocab)
-        for i in ids:
-            if 0 <= i < n:
-                out.append(self.vocab[i])
-            elif i in self._special_of_id:
-                out.append(self._special_of_id[i].encode("utf-8"))
-            else:
-                raise ValueError(f"Id {i} is outside the vocabulary (size {self.vocab_size}).")
+        n, vocab = len(self.vocab), self.vocab
+        for i in check_ids(ids, self.vocab_size):
+            out.append(vocab[i] if i < n else self._special_of_id[i].encode("utf-8"))
         return b"".join(out)
 
     def decode(self, ids: Iterable[int] | torch.Tensor) -> str:
@@ -548,6 +635,9 @@ class ByteBPE:
             if any(len(m) != 2 or not all(isinstance(x, int) for x in m) for m in merges):
                 raise ValueError("every merge must be a pair of integer ids")
             specials = fields["special_tokens"]
+            if not isinstance(specials, dict) or not all(
+                    isinstance(t, str) and isinstance(i, int) and not isinstance(i, bool) for t, i in specials.items()):
+                raise ValueError(f"special_tokens must map each token (a string) to its id, got {specials!r:.80}")
             byte_order = fields["byte_order"] if fields["version"] >= 2 else None
             tok = cls(merges, sorted(specials, key=specials.get), fields["pattern"], byte_order)
         except (KeyError, TypeError, ValueError, re.error, regex.error) as err:

@@ -12,6 +12,14 @@ exactly the batches an uninterrupted run would. A plain iterable of ``(x, y)`` a
 resume it is fast-forwarded past the batches already used (exact if it yields the same sequence
 each time it is created).
 
+Each batch is checked on its way to the device: not empty, integer targets in ``[0, classes)``
+or -100 (ignored), not every target ignored (the classes are ``model.config.vocab_size`` when
+the model has one, else the last dimension of the first logits). Training stops with
+``FloatingPointError`` at the first nan or inf loss, before that step's update; a checkpoint
+with nan or inf weights is never written. Resume checks that the model's config and the
+settings outside :data:`RESUME_MAY_CHANGE` equal the checkpoint's (resume would silently ignore
+or mix them), and ``fit()`` refuses a ``checkpoint_dir`` holding checkpoints of another run.
+
 API::
 
     TrainConfig(max_steps=1000, lr=3e-4, min_lr=None, warmup_steps=None, weight_decay=0.1,
@@ -32,14 +40,17 @@ API::
     token_batches(tokens, block_size, batch_size) -> batch_fn
     lm_loss(logits, targets) -> Tensor
     data_seed(seed, rank) -> int
+    RESUME_MAY_CHANGE                                TrainConfig fields a resumed run may change
     CheckpointError                                  (from lmlib.checkpoint) a checkpoint that cannot be used
 """
 from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import signal
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -54,7 +65,7 @@ from tqdm.auto import tqdm
 
 from lmlib import checkpoint as ckpt
 from lmlib.checkpoint import CheckpointError
-from lmlib.data import window_batches
+from lmlib.data import check_targets, window_batches
 from lmlib.device import PRECISIONS, Runtime, runtime
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -62,8 +73,17 @@ BatchFn = Callable[[torch.Generator], Batch]
 
 __all__ = [
     "TrainConfig", "Trainer", "History", "plot_history", "param_groups", "lr_at", "token_batches",
-    "lm_loss", "data_seed", "CheckpointError",
+    "lm_loss", "data_seed", "RESUME_MAY_CHANGE", "CheckpointError",
 ]
+
+# Settings a resumed run may change: how long it runs (the cosine schedule is stretched to the new
+# max_steps, with a warning), what it reports and where, and where it runs. Any other field is
+# either stored in the optimizer, scheduler or random state (a new value would be ignored) or
+# changes the updates themselves, so a changed value is refused.
+RESUME_MAY_CHANGE = frozenset({
+    "max_steps", "eval_every", "eval_steps", "log_every", "checkpoint_every", "checkpoint_dir",
+    "keep_last", "compile", "precision", "device", "progress",
+})
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -75,7 +95,8 @@ class TrainConfig:
     the run capped at 100 steps, ``log_every`` gives about 20 log points. ``eval_every=None`` evaluates only at the end;
     ``checkpoint_every`` needs ``checkpoint_dir`` (a final checkpoint is written whenever
     ``checkpoint_dir`` is set). ``precision`` (``fp32``/``bf16``/``fp16``) overrides the
-    :mod:`lmlib.device` policy; ``device`` overrides :func:`lmlib.device.best_device`.
+    :mod:`lmlib.device` policy; ``device`` overrides :func:`lmlib.device.best_device`. On
+    resume only the fields in :data:`RESUME_MAY_CHANGE` may differ from the checkpoint's.
     """
 
     max_steps: int = 1000
@@ -381,6 +402,11 @@ class Trainer:
         self.step = 0
         self.history = History()
         self._checked_output = False
+        vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+        # else learnt from the first logits
+        self._classes = int(vocab) if isinstance(vocab, numbers.Integral) and not isinstance(vocab, bool) else None
+        self._own_step: tuple[Path, int] | None = None  # (folder, step): this run's newest checkpoint, written or resumed
+        self._skipped: set[Path] = set()  # damaged newer checkpoints passed over on resume
 
         self.flops_per_token = flops_per_token or 6 * sum(p.numel() for p in model.parameters())
         self._peak = self.runtime.peak_flops
@@ -410,12 +436,21 @@ class Trainer:
                 and all(isinstance(t, torch.Tensor) for t in batch)):
             raise TypeError(f"{source} must give (x, y) pairs of tensors, got {type(batch).__name__}.")
         x, y = batch
-        if self.config.compile and hasattr(self.raw_model, "check_input"):
-            self.raw_model.check_input(x)  # the compiled graph skips the token-range check
+        if x.numel() == 0 or y.numel() == 0:
+            raise ValueError(
+                f"{source} gave an empty batch (x {tuple(x.shape)}, y {tuple(y.shape)}); every batch needs "
+                "at least one example and one target."
+            )
+        if hasattr(self.raw_model, "check_input"):
+            # Ids and targets checked here, on the host, before the step: a compiled graph skips the
+            # range checks, and a bad target must stop the run before it changes any weight.
+            self.raw_model.check_input(x, targets=y)
+        else:
+            check_targets(y, self._classes, f"a batch from {source}", classes="the model's classes")
         nb = self.device.type == "cuda"
         return x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
 
-    def _loss(self, out) -> torch.Tensor:
+    def _loss(self, out, y: torch.Tensor) -> torch.Tensor:
         if not self._checked_output:
             if not (isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[1], torch.Tensor)
                     and out[1].dim() == 0):
@@ -425,6 +460,13 @@ class Trainer:
                     "it returns (logits, lmlib.train.lm_loss(logits, targets))."
                 )
             self._checked_output = True
+            logits = out[0]
+            # Targets index the last axis of the logits (an LM's (B, T, V) for (B, T), a classifier's
+            # (B, C) for (B,)): then that axis is the number of classes. Other heads (a span
+            # extractor's (B, T, 2) logits for (B, 2) positions) keep only the dtype checks.
+            if (self._classes is None and isinstance(logits, torch.Tensor)
+                    and tuple(logits.shape[:-1]) == tuple(y.shape)):
+                self._classes = logits.shape[-1]
         return out[1]
 
     # ------------------------------------------------------------------ one optimizer step
@@ -439,9 +481,10 @@ class Trainer:
             sync = (self.world_size == 1 or micro == accum - 1)
             with contextlib.nullcontext() if sync else self.model.no_sync():
                 with self.precision.autocast():
-                    loss = self._loss(self.model(x, targets=y))
+                    loss = self._loss(self.model(x, targets=y), y)
                 self.scaler.scale(loss / accum).backward()
             total += loss.detach()
+        self._stop_if_not_finite(total)
         if cfg.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.grad_clip)
@@ -450,6 +493,22 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         return total / accum, tokens * self.world_size
+
+    def _stop_if_not_finite(self, loss: torch.Tensor) -> None:
+        """Raise before the update when the loss (on any process) is nan or inf."""
+        bad = (~torch.isfinite(loss)).float()
+        if self.world_size > 1:
+            dist.all_reduce(bad)
+        if bad.item():
+            self.optimizer.zero_grad(set_to_none=True)
+            cfg = self.config
+            raise FloatingPointError(
+                f"The training loss is not finite ({loss.item()} on this process) at step {self.step + 1} "
+                f"(lr {self.optimizer.param_groups[0]['lr']:.3g}); training stopped before this step's update "
+                "and wrote no checkpoint of it. Try a lower lr (e.g. a tenth of "
+                f"{cfg.lr:g}), gradient clipping (grad_clip={cfg.grad_clip}; e.g. 1.0), a longer warmup "
+                "(warmup_steps), or check the batches. Resume from the last checkpoint with load_checkpoint()."
+            )
 
     def _mean_across_ranks(self, value: torch.Tensor) -> float:
         if self.world_size > 1:
@@ -474,7 +533,7 @@ class Trainer:
         for n, batch in enumerate(batches, 1):
             x, y = self._to_device(batch, "val_batches")
             with self.precision.autocast():
-                total += self._loss(self._eval_model(x, targets=y)).float()
+                total += self._loss(self._eval_model(x, targets=y), y).float()
             if n == self.config.eval_steps:
                 break
         self._eval_model.train()
@@ -491,8 +550,13 @@ class Trainer:
 
         The first Ctrl-C finishes the current step, writes a checkpoint (if ``checkpoint_dir`` is
         set) and returns with ``history.interrupted = True``; calling ``fit()`` again continues.
+        Before step 1 it raises CheckpointError when ``checkpoint_dir`` is a file, is not writable,
+        or holds checkpoints this trainer did not write or resume from (rotation would mix the two
+        runs). A nan or inf loss raises FloatingPointError before that step's update.
         """
         cfg, h = self.config, self.history
+        if cfg.checkpoint_dir is not None and self.step < cfg.max_steps:
+            self._check_checkpoint_dir()
         h.interrupted = False
         self.raw_model.train()
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="training", unit="step",
@@ -568,26 +632,84 @@ class Trainer:
                 "ranks": ranks,
                 "history": self.history.as_dict(),
                 "config": self.config.as_dict(),
+                "model_config": ckpt.model_config(self.raw_model),
             }
             path = ckpt.save(self.config.checkpoint_dir, self.step, self.raw_model, state, self.config.keep_last)
         if self.world_size > 1:
             dist.barrier()
+        self._own_step = (Path(self.config.checkpoint_dir).resolve(), self.step)
         return path
+
+    def _check_checkpoint_dir(self) -> None:
+        """Before step 1: ``checkpoint_dir`` is writable and holds no checkpoint of another run."""
+        problem = None
+        if self.is_main:
+            try:
+                self._checkpoint_dir_problem()
+            except CheckpointError as err:
+                problem = str(err)
+        if self.world_size > 1:  # every process stops, not only the one that writes
+            box = [problem]
+            dist.broadcast_object_list(box, src=0)
+            problem = box[0]
+        if problem:
+            raise CheckpointError(problem)
+
+    def _checkpoint_dir_problem(self) -> None:
+        directory = ckpt.check_writable(self.config.checkpoint_dir)
+        own = None
+        if self._own_step is not None and self._own_step[0] == directory.resolve():
+            own = self._own_step[1]
+        foreign = [c for c in ckpt.all_checkpoints(directory) if c.resolve() not in self._skipped
+                   and (own is None or int(c.name.removeprefix("step_")) > own)]
+        if not foreign:
+            return
+        names = ", ".join(c.name for c in foreign[-3:]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        if own is None:
+            raise CheckpointError(
+                f"checkpoint_dir {directory} already holds checkpoints this trainer did not resume from "
+                f"({names}). This run's checkpoints would mix with them, and latest() or load_checkpoint() could "
+                "pick the other run's. Resume that run with trainer.load_checkpoint() before fit(), or "
+                "choose another checkpoint_dir (or delete those folders)."
+            )
+        raise CheckpointError(
+            f"checkpoint_dir {directory} holds {names}, newer than step {own} that this trainer resumed "
+            f"from or wrote; training on from step {self.step} would mix two runs there. Resume from the "
+            "newest with load_checkpoint() (no path), choose another checkpoint_dir, or delete the newer folders."
+        )
+
+    def _check_resume_config(self, state: dict) -> None:
+        saved, current = state.get("config") or {}, self.config.as_dict()
+        differ = [f"{k}={current[k]!r} here, {saved[k]!r} in the checkpoint" for k in current
+                  if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != current[k]]
+        if differ:
+            raise CheckpointError(
+                f"The TrainConfig differs from the checkpoint's: {'; '.join(differ)}. Resuming would silently "
+                "ignore or mix these (the optimizer, schedule and random state come from the checkpoint). "
+                "Resume with the checkpoint's values (lmlib.checkpoint.read(path)[1]['config']), or train with "
+                "the new ones as a new run in another checkpoint_dir, starting from the weights "
+                "(model.load_state_dict(lmlib.checkpoint.read(path)[0])). A resumed run may change only "
+                f"{', '.join(sorted(RESUME_MAY_CHANGE))}. Nothing was loaded."
+            )
 
     def load_checkpoint(self, path: str | Path | None = None) -> Path:
         """Restore a checkpoint (default: the newest in ``checkpoint_dir``); all checks run first.
 
-        A checkpoint that is truncated, corrupt, or made for another model or optimizer raises
-        :class:`CheckpointError` and leaves the trainer exactly as it was.
+        A checkpoint that is truncated, corrupt, or made for another model, model config, optimizer
+        or TrainConfig (outside :data:`RESUME_MAY_CHANGE`) raises :class:`CheckpointError` and
+        leaves the trainer exactly as it was. From a ``checkpoint_dir``, damaged newer checkpoints
+        are skipped with a warning (:func:`lmlib.checkpoint.read_valid`). A changed ``max_steps``
+        stretches the cosine schedule to the new end, with a warning.
         """
         if path is None:
             if self.config.checkpoint_dir is None:
                 raise ValueError("load_checkpoint() needs a path or TrainConfig.checkpoint_dir.")
             path = self.config.checkpoint_dir
-        folder = ckpt.resolve(path)
-        weights, state = ckpt.read(folder)
+        folder, weights, state = ckpt.read_valid(path)
         ckpt.check_weights(weights, self.raw_model)
+        ckpt.check_model_config(state.get("model_config"), self.raw_model)
         ckpt.check_trainer_state(state, self.optimizer, self.world_size)
+        self._check_resume_config(state)
         data = state["ranks"][self.rank]["data"]
         if ("generator" in data) != (self._train_iter is None):
             raise CheckpointError(
@@ -607,6 +729,7 @@ class Trainer:
         self.raw_model.load_state_dict(weights)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self._apply_schedule()
         if state["scaler"] and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         ckpt.set_rng_state(state["ranks"][self.rank]["rng"])
@@ -616,4 +739,22 @@ class Trainer:
             self._train_iter, self._drawn = train_iter, data["drawn"]
         self.step = int(state["step"])
         self.history = History(**state["history"])
+        self._own_step = (folder.parent.resolve(), self.step)
+        fell_back = folder != Path(path)  # read_valid skipped the damaged newer ones
+        self._skipped = {c.resolve() for c in ckpt.all_checkpoints(folder.parent)
+                         if fell_back and int(c.name.removeprefix("step_")) > self.step}
         return folder
+
+    def _apply_schedule(self) -> None:
+        """Keep the schedule of this config after a scheduler state is loaded (it stores its own)."""
+        cfg, schedule = self.config, self.scheduler.lr_lambdas[0]
+        saved_end = schedule.max_steps
+        schedule.__init__(cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
+        if saved_end != cfg.max_steps:
+            before = self.optimizer.param_groups[0]["lr"]
+            for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+                group["lr"] = base * schedule(self.scheduler.last_epoch)
+            warnings.warn(
+                f"max_steps changed from {saved_end} to {cfg.max_steps} on resume: the cosine schedule now "
+                f"ends at step {cfg.max_steps} (lr at step {self.scheduler.last_epoch}: {before:.3g} -> "
+                f"{self.optimizer.param_groups[0]['lr']:.3g}).", stacklevel=3)

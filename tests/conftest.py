@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,9 @@ def isolated_data(tmp_path, monkeypatch):
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """Serves `routes` (path -> bytes). Modes per path: 'ok', 'corrupt', 'truncate', 'missing'.
+    """Serves `routes` (path -> bytes). Modes per path: 'ok', 'corrupt', 'truncate', 'missing';
+    'slow' (64 KiB every 50 ms), 'trickle' (one byte every 20 ms), '416' (refuses every request)
+    and 'refuse-range' (416 to every range request).
 
     Honours `Range: bytes=N-` with 206, like real static hosts, so resumption can be tested.
     """
@@ -50,6 +53,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         mode = self.modes.get(self.path, "ok")
         if body is None or mode == "missing":
             self.send_error(404)
+            return
+        if mode == "416" or (mode == "refuse-range" and self.headers.get("Range")):
+            self.send_error(416)
             return
         if mode == "corrupt":
             body = body[:-1] + bytes([body[-1] ^ 0xFF])
@@ -70,7 +76,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             self.modes[self.path] = "ok"  # the next attempt succeeds
             return
-        self.wfile.write(payload)
+        step, pause = {"slow": (1 << 16, 0.05), "trickle": (1, 0.02)}.get(mode, (len(payload) or 1, 0))
+        try:
+            for i in range(0, len(payload), step):
+                self.wfile.write(payload[i : i + step])
+                self.wfile.flush()
+                time.sleep(pause)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up
 
     def log_message(self, *args):
         pass

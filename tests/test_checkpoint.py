@@ -143,7 +143,7 @@ def test_truncated_weights(tmp_path, saved):
 def test_truncated_state(tmp_path, saved):
     data = (saved / ckpt.STATE).read_bytes()
     (saved / ckpt.STATE).write_bytes(data[: len(data) // 2])
-    untouched_after_error(trainer(config(tmp_path / "new")), saved, "cannot be read")
+    untouched_after_error(trainer(config(tmp_path / "new")), saved, "truncated, corrupt")
 
 
 def test_missing_file(tmp_path, saved):
