@@ -29,7 +29,7 @@ API::
     split_shared(state_dict) -> (unique tensors, {alias: name})  tied weights stored once
     check_writable(directory) -> Path                            a folder checkpoints can be written into
     save(directory, step, model, state, keep_last=None) -> Path
-    all_checkpoints(directory) -> list[Path]; resolve(path) -> Path
+    all_checkpoints(directory) -> list[Path]; resolve(path) -> Path; step_of(folder) -> int
     read(path) -> (weights: dict[str, Tensor], state: dict)      # every file checked
     read_valid(path) -> (folder, weights, state)                 # a checkpoint_dir: newest valid one
     check_weights(weights, model) -> None                        # keys and shapes, else CheckpointError
@@ -70,7 +70,7 @@ _LEFTOVER = re.compile(r"^\.(step_\d+)\.(tmp|old)-(\d+)$")
 
 __all__ = [
     "CheckpointError", "WEIGHTS", "STATE", "MANIFEST", "FORMAT", "split_shared", "check_writable", "save",
-    "all_checkpoints", "latest", "resolve", "read", "read_valid", "check_weights", "model_config",
+    "all_checkpoints", "step_of", "latest", "resolve", "read", "read_valid", "check_weights", "model_config",
     "check_model_config", "rng_state", "set_rng_state", "check_trainer_state",
 ]
 
@@ -83,7 +83,8 @@ def _step_dir(directory: Path, step: int) -> Path:
     return directory / f"step_{step:08d}"
 
 
-def _step_of(folder: Path) -> int:
+def step_of(folder: Path) -> int:
+    """The step of a checkpoint folder ``step_00000100`` (here 100)."""
     return int(folder.name[len("step_"):])
 
 
@@ -248,7 +249,7 @@ def save(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if keep_last is not None:
-        older = [c for c in all_checkpoints(directory) if _step_of(c) < step]
+        older = [c for c in all_checkpoints(directory) if step_of(c) < step]
         for old in older[: max(0, len(older) - (keep_last - 1))]:
             shutil.rmtree(old, ignore_errors=True)
     return final

@@ -170,8 +170,12 @@ def sha256_of(file: Path) -> str:
 _verified: dict[tuple[str, int, int], str] = {}
 
 
-def _hash_cached(file: Path) -> str:
-    """sha256 of a file, computed once per process for an unchanged file (path, size, mtime)."""
+def cached_sha256(file: Path) -> str:
+    """sha256 of a file, computed once per process for an unchanged file (path, size, mtime).
+
+    Every check of a file against a known hash goes through it (the registry's files, the Hugging
+    Face cache's weights), so a file read many times in one process is hashed once.
+    """
     st = file.stat()
     key = (str(file.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _verified:
@@ -190,7 +194,7 @@ def path(name: str, file: str | None = None, *, download: bool = True, deadline:
     for mirror in mirrors():
         candidate = mirror / name / spec.name
         if candidate.is_file():
-            actual = _hash_cached(candidate)
+            actual = cached_sha256(candidate)
             if actual != spec.sha256:
                 raise ChecksumError(
                     f"{candidate} (mirror copy of {spec.key}) has sha256 {actual}, expected {spec.sha256}. "
@@ -199,7 +203,7 @@ def path(name: str, file: str | None = None, *, download: bool = True, deadline:
             return candidate
     target = cache_dir() / name / spec.name
     if target.is_file():
-        actual = _hash_cached(target)
+        actual = cached_sha256(target)
         if actual == spec.sha256:
             return target
         if not download:
@@ -251,7 +255,7 @@ def fetch(spec: DataFile, target: Path, *, deadline: float | None = None) -> Pat
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with _exclusive(target, clock, spec) as part:
-            if target.is_file() and _hash_cached(target) == spec.sha256:
+            if target.is_file() and cached_sha256(target) == spec.sha256:
                 return target  # another process fetched it while this one waited
             if spec.member is None:
                 _download(spec.url, part, spec, target, clock, size=spec.size)

@@ -29,7 +29,6 @@ API::
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import socket
@@ -41,6 +40,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import GPT2TokenizerFast
 
+from lmlib.data import cached_sha256
 from lmlib.model import GPT, GPTConfig
 from lmlib.presets import scale
 from lmlib.pretrained import config_from_hf, gpt_from_hf_state_dict
@@ -181,14 +181,11 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path} is empty (0 bytes): " + _redo(path))
     expected = path.resolve().name
     if path.resolve().parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", expected):
-        # The Hub cache names a large file after its sha256: a free check that the copy is whole.
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 24), b""):
-                digest.update(chunk)
-        if digest.hexdigest() != expected:
-            raise ValueError(f"{path} is damaged: its sha256 is {digest.hexdigest()}, the Hub's is {expected}. "
-                             + _redo(path))
+        # The Hub cache names a large file after its sha256: a check that the copy is whole
+        # (hashed once per process while the file is unchanged).
+        actual = cached_sha256(path)
+        if actual != expected:
+            raise ValueError(f"{path} is damaged: its sha256 is {actual}, the Hub's is {expected}. " + _redo(path))
     try:
         return load_file(path)
     except (SafetensorError, OSError, ValueError) as err:

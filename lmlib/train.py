@@ -12,7 +12,7 @@ exactly the batches an uninterrupted run would. A plain iterable of ``(x, y)`` a
 resume it is fast-forwarded past the batches already used (exact if it yields the same sequence
 each time it is created).
 
-Each batch is checked on its way to the device: not empty, integer targets in ``[0, classes)``
+Each batch is checked before its step: not empty, integer targets in ``[0, classes)``
 or -100 (ignored), not every target ignored (the classes are ``model.config.vocab_size`` when
 the model has one, else the last dimension of the first logits). Training stops with
 ``FloatingPointError`` at the first nan or inf loss, before that step's update; a checkpoint
@@ -442,9 +442,9 @@ class Trainer:
                 "at least one example and one target."
             )
         if hasattr(self.raw_model, "check_input"):
-            # Ids and targets checked here, on the host, before the step: a compiled graph skips the
-            # range checks, and a bad target must stop the run before it changes any weight.
-            self.raw_model.check_input(x, targets=y)
+            if self.config.compile:  # the compiled graph skips the range checks: make them here, on the host
+                self.raw_model.check_input(x, targets=y)
+            # else the model's forward pass checks ids and targets, before any weight changes
         else:
             check_targets(y, self._classes, f"a batch from {source}", classes="the model's classes")
         nb = self.device.type == "cuda"
@@ -661,7 +661,7 @@ class Trainer:
         if self._own_step is not None and self._own_step[0] == directory.resolve():
             own = self._own_step[1]
         foreign = [c for c in ckpt.all_checkpoints(directory) if c.resolve() not in self._skipped
-                   and (own is None or int(c.name.removeprefix("step_")) > own)]
+                   and (own is None or ckpt.step_of(c) > own)]
         if not foreign:
             return
         names = ", ".join(c.name for c in foreign[-3:]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
@@ -742,7 +742,7 @@ class Trainer:
         self._own_step = (folder.parent.resolve(), self.step)
         fell_back = folder != Path(path)  # read_valid skipped the damaged newer ones
         self._skipped = {c.resolve() for c in ckpt.all_checkpoints(folder.parent)
-                         if fell_back and int(c.name.removeprefix("step_")) > self.step}
+                         if fell_back and ckpt.step_of(c) > self.step}
         return folder
 
     def _apply_schedule(self) -> None:
