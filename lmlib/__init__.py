@@ -29,7 +29,7 @@ __version__ = "0.1.0"
 LAYERS = {
     "core": ("presets", "device", "data", "tokenizers", "attention", "model", "generate", "metrics",
              "checkpoint", "train"),
-    "applications": ("ngram", "rnn", "dedup", "pretrained", "hub", "llama2c", "classify", "seq2seq",
+    "applications": ("ngram", "rnn", "dedup", "corpus", "pretrained", "hub", "llama2c", "classify", "seq2seq",
                      "instruct", "lora", "spans", "compress", "cost", "privacy", "audit", "interpret"),
     "book": ("book", "plot", "widgets", "recipes", "exercises"),
 }

@@ -6,9 +6,11 @@ Derived in chapter 1 ("What a language model is") and used by every chapter afte
 
 1. the mirror folders listed in ``LMLIB_DATA`` (``os.pathsep``-separated), laid out as
    ``<mirror>/<name>/<file>`` (the course's CI points it at its shared copy);
-2. the cache (``LMLIB_CACHE``; else ``data/cache`` inside a clone of the course, else
+2. in a clone of the course, its ``models/`` folder (:func:`release_dir`), where the course's
+   own released models are committed (``models/<name>/<file>``);
+3. the cache (``LMLIB_CACHE``; else ``data/cache`` inside a clone of the course, else
    ``~/.cache/lmlib``);
-3. a download from the file's public home, with a progress bar, resumed if it was interrupted,
+4. a download from the file's public home, with a progress bar, resumed if it was interrupted,
    checked against the registry's sha256, then moved into the cache atomically.
 
 Downloads are safe to run side by side: one process at a time fetches a given file (it holds
@@ -149,6 +151,15 @@ def mirrors() -> list[Path]:
     return out
 
 
+def release_dir() -> Path:
+    """The clone's ``models/`` folder, where the course's own released models live (``<name>/<file>``).
+
+    Outside a clone (an installed package) it does not exist, and released files are downloaded
+    from the course repository like any data set.
+    """
+    return Path(__file__).resolve().parents[1] / "models"
+
+
 def cache_dir() -> Path:
     """Where downloads go: ``LMLIB_CACHE``, else ``data/cache`` in a course clone, else ``~/.cache/lmlib``."""
     if os.environ.get("LMLIB_CACHE"):
@@ -201,6 +212,16 @@ def path(name: str, file: str | None = None, *, download: bool = True, deadline:
                     "The mirror is damaged or holds another version: replace the file."
                 )
             return candidate
+    released = release_dir() / name / spec.name
+    if released.is_file():
+        actual = cached_sha256(released)
+        if actual != spec.sha256:
+            raise ChecksumError(
+                f"{released} (the course's released {spec.key}) has sha256 {actual}, but the registry "
+                f"lmlib/datasets.toml says {spec.sha256}. After retraining a release, update its entry "
+                "(lmlib.recipes.registry_entry prints it); otherwise restore the file with git."
+            )
+        return released
     target = cache_dir() / name / spec.name
     if target.is_file():
         actual = cached_sha256(target)

@@ -108,3 +108,33 @@ def precision_recall_f1(y_true: torch.Tensor, y_pred: torch.Tensor, positive: in
     recall = tp / actual if actual else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return precision, recall, f1
+
+
+@torch.no_grad()
+def stream_nll(model: torch.nn.Module, tokens: torch.Tensor, block_size: int, batch_size: int = 16) -> float:
+    """Mean next-token loss (nats) of a language model over a whole 1-D token stream.
+
+    The stream is cut into non-overlapping windows of ``block_size + 1`` tokens, so every token
+    after a window's first is scored exactly once (the tail shorter than a window is left out);
+    this is the held-out perplexity of chapter 4, comparable with an n-gram model's on the same
+    tokens. ``model(x)`` must return logits ``(B, T, V)`` (or a tuple that starts with them).
+    """
+    tokens = torch.as_tensor(tokens).long().flatten()
+    n = (len(tokens) - 1) // block_size
+    if n < 1:
+        raise ValueError(f"stream_nll needs more than block_size={block_size} tokens, got {len(tokens)}.")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    starts = torch.arange(n) * block_size
+    offsets = torch.arange(block_size)
+    for i in range(0, n, batch_size):
+        s = starts[i:i + batch_size, None] + offsets
+        x, y = tokens[s].to(device), tokens[s + 1].to(device)
+        out = model(x)
+        logits = out[0] if isinstance(out, tuple) else out
+        total += torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
+        count += y.numel()
+    model.train(was_training)
+    return total / count

@@ -14,9 +14,29 @@ learning rate reach the same loss in about a third of the time.
 """
 from __future__ import annotations
 
-from lmlib.model import GPTConfig
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+from lmlib.checkpoint import latest
+from lmlib.corpus import clean, read_enwiki
+from lmlib.data import path, sha256_of, window_batches
+from lmlib.generate import generate
+from lmlib.metrics import stream_nll
+from lmlib.model import GPT, GPTConfig
+from lmlib.ngram import NGramLM
 from lmlib.presets import scaled
-from lmlib.train import TrainConfig
+from lmlib.tokenizers import ByteBPE
+from lmlib.train import Trainer, TrainConfig
 
 _SCHEDULE = dict(betas=(0.9, 0.99), weight_decay=0.1, grad_clip=1.0)
 
@@ -59,3 +79,175 @@ def train_config(recipe: dict, **overrides) -> TrainConfig:
                   warmup_steps=recipe["warmup"], betas=tuple(recipe["betas"]),
                   weight_decay=recipe["weight_decay"], grad_clip=recipe["grad_clip"])
     return TrainConfig(**{**fields, **overrides})
+
+
+# --- the course model: one GPT pretrained on cleaned Wikipedia, used from chapter 4 on ---------------
+
+#: The name of the course model in the data registry (``lmlib/datasets.toml``).
+COURSE_GPT_NAME = "course-gpt"
+#: The token that ends every document of the course corpus.
+EOT = "<|endoftext|>"
+#: Files of a course-model release folder, in the registry as files of :data:`COURSE_GPT_NAME`.
+RELEASE_FILES = ("model.safetensors", "tokenizer.json", "config.json", "train_log.json")
+#: The command that trains the released course model (written into its training log).
+RELEASE_COMMAND = "python -m lmlib.recipes course-gpt --scale full --out models/course-gpt"
+
+_COURSE_DATA = dict(vocab_size=4096, seed=0)
+_COURSE_MODEL = dict(n_layer=3, n_head=3, n_embd=192, block_size=256, dropout=0.0)
+
+#: The presets of :func:`course_gpt`: corpus (files of ``enwiki-2018-slice``, held-out documents,
+#: BPE size), model and schedule. ``full`` is the released model, sized for about 45 minutes on 2
+#: CPU cores: a throughput sweep (``benchmarks/course_gpt_sizing.py``) measured tokens per second
+#: for five sizes, and Chinchilla's rule of about 20 training tokens per parameter (Hoffmann et
+#: al. 2022) points at 2-3M parameters for that budget. The 2.2M-parameter model sees 20M tokens
+#: (about 1.3 passes over the cleaned text, 9 tokens per parameter): a longer run would still pay.
+COURSE_GPT = {
+    "smoke": dict(n_files=2, n_val=20, vocab_size=512, seed=0, n_layer=2, n_head=2, n_embd=32, block_size=64,
+                  dropout=0.0, batch=8, steps=30, lr=3e-3, min_lr=3e-4, warmup=5, eval_every=15, **_SCHEDULE),
+    "cpu": dict(n_files=64, n_val=500, **_COURSE_DATA, **_COURSE_MODEL, batch=16, steps=300, lr=2e-3, min_lr=2e-4,
+                warmup=30, eval_every=100, **_SCHEDULE),
+    "full": dict(n_files=64, n_val=500, **_COURSE_DATA, **_COURSE_MODEL, batch=16, steps=5000, lr=2e-3,
+                 min_lr=2e-4, warmup=200, eval_every=500, **_SCHEDULE),
+}
+
+
+def course_gpt(scale: str | None = None) -> dict:
+    """The course-model recipe for ``scale`` (``smoke``/``cpu``/``full``; default: the preset in force,
+    where the ``gpu`` preset means ``full``). A copy."""
+    if scale is None:
+        scale = scaled(smoke="smoke", cpu="cpu", gpu="full")
+    if scale not in COURSE_GPT:
+        raise ValueError(f"scale must be one of {sorted(COURSE_GPT)}, got {scale!r}.")
+    return dict(COURSE_GPT[scale])
+
+
+def course_corpus(recipe: dict, progress: bool = True):
+    """The course corpus of ``recipe``: ``(cleaned, tokenizer, train_ids, val_ids)``.
+
+    ``cleaned`` is :func:`lmlib.corpus.clean`'s result on the first ``n_files`` files of
+    ``enwiki-2018-slice``; the byte-level BPE is trained on its training split only; the ids are
+    every document's tokens followed by :data:`EOT`, as 1-D int64 tensors.
+    """
+    cleaned = clean(read_enwiki(recipe["n_files"])[0], n_val=recipe["n_val"], seed=recipe["seed"], progress=progress)
+    tok = ByteBPE.train("\n\n".join(cleaned.train), recipe["vocab_size"], special_tokens=[EOT], progress=progress)
+    eot = tok.special_tokens[EOT]
+
+    def ids(texts):
+        out: list[int] = []
+        for text in texts:
+            out += tok.encode_list(text)
+            out.append(eot)
+        return torch.tensor(out, dtype=torch.long)
+
+    return cleaned, tok, ids(cleaned.train), ids(cleaned.val)
+
+
+def _machine() -> dict:
+    return dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
+                cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), torch=torch.__version__,
+                python=platform.python_version())
+
+
+def train_course_gpt(recipe: dict, out_dir: str | Path, progress: bool = True, command: str | None = None) -> dict:
+    """Build the corpus, train the course model and write a release folder; returns the training log.
+
+    ``out_dir`` receives :data:`RELEASE_FILES`. Checkpoints go to ``out_dir/checkpoints`` every
+    ``eval_every`` steps, so an interrupted run continues where it stopped when called again with
+    the same recipe. The log holds the recipe, the corpus stage table, the loss curves, tokens,
+    wall time, machine, the command, the held-out perplexity beside interpolated Kneser-Ney n-gram
+    models on the same tokens, and greedy samples.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    cleaned, tok, train_ids, val_ids = course_corpus(recipe, progress)
+    corpus_s = time.perf_counter() - started
+    torch.manual_seed(recipe["seed"])
+    model = GPT(model_config(recipe, tok.vocab_size))
+    bs, batch = recipe["block_size"], recipe["batch"]
+    cfg = train_config(recipe, eval_every=recipe["eval_every"], checkpoint_every=recipe["eval_every"],
+                       checkpoint_dir=out_dir / "checkpoints", keep_last=2, seed=recipe["seed"], progress=progress)
+    trainer = Trainer(model, cfg, window_batches(train_ids, bs, batch), window_batches(val_ids, bs, batch))
+    if latest(cfg.checkpoint_dir) is not None:
+        trainer.load_checkpoint()
+    resumed_from = trainer.step
+    train_started = time.perf_counter()
+    history = trainer.fit()
+    train_s = time.perf_counter() - train_started
+    if history.interrupted:
+        return {"interrupted": True, "step": trainer.step}
+    model = trainer.raw_model.cpu().eval()
+    scored = val_ids[: (len(val_ids) - 1) // bs * bs + 1]  # the tokens stream_nll scores, for both models
+    val_nll = stream_nll(model, scored, bs)
+    kn = {n: NGramLM(train_ids, n, tok.vocab_size).perplexity(scored) for n in (2, 3, 4)}
+    prompts = ["The city of", "In 2015, the", "He was born in"]
+    samples = {p: tok.decode(generate(model, tok.encode(p)[None], 40, greedy=True)[0]) for p in prompts}
+    log = dict(
+        name=COURSE_GPT_NAME, recipe=recipe, command=command or RELEASE_COMMAND, machine=_machine(),
+        corpus=dict(stages=cleaned.table(), drop_counts=cleaned.drop_counts, train_tokens=len(train_ids),
+                    val_tokens=len(val_ids), train_docs=len(cleaned.train), val_docs=len(cleaned.val),
+                    seconds=corpus_s),
+        params=model.num_params(), tokens_seen=trainer.step * bs * batch, epochs=trainer.step * bs * batch / len(train_ids),
+        train_seconds=train_s, resumed_from=resumed_from, history=history.as_dict(), val_loss=val_nll, val_perplexity=math.exp(val_nll),
+        kneser_ney_perplexity={str(n): p for n, p in kn.items()}, samples=samples,
+    )
+    save_release(model, tok, recipe, log, out_dir)
+    return log
+
+
+def save_release(model: GPT, tok: ByteBPE, recipe: dict, log: dict, out_dir: str | Path) -> None:
+    """Write a release folder: fp16 safetensors weights, tokenizer, config and training log."""
+    out_dir = Path(out_dir)
+    half = copy.deepcopy(model).half()
+    safetensors.torch.save_model(half, str(out_dir / "model.safetensors"))
+    tok.save(out_dir / "tokenizer.json")
+    config = dict(format="lmlib-course-gpt", version=1, model=dataclasses.asdict(model.config), recipe=recipe)
+    (out_dir / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
+    (out_dir / "train_log.json").write_text(json.dumps(log, indent=1, sort_keys=True) + "\n")
+
+
+def load_course_gpt(folder: str | Path | None = None) -> tuple[GPT, ByteBPE, dict]:
+    """The course model (float32, on the CPU, evaluation mode), its tokenizer and its config.
+
+    Without ``folder`` the released files come through :func:`lmlib.data.path` (the course
+    repository's ``models/`` folder in a clone, else the cache or a download checked by sha256).
+    """
+    def file(name: str) -> Path:
+        return Path(folder) / name if folder is not None else path(COURSE_GPT_NAME, name)
+
+    config = json.loads(file("config.json").read_text())
+    if config.get("format") != "lmlib-course-gpt":
+        raise ValueError(f"{file('config.json')} is not a course-model config (format {config.get('format')!r}).")
+    model = GPT(GPTConfig(**config["model"])).half()
+    missing, unexpected = safetensors.torch.load_model(model, str(file("model.safetensors")), strict=True)
+    return model.float().eval(), ByteBPE.load(file("tokenizer.json")), config
+
+
+def registry_entry(out_dir: str | Path, base_url: str) -> str:
+    """The ``lmlib/datasets.toml`` files of a release folder (sha256 and size of each), as TOML."""
+    lines = []
+    for name in RELEASE_FILES:
+        f = Path(out_dir) / name
+        lines += [f'[{COURSE_GPT_NAME}.files."{name}"]', f'url = "{base_url}/{name}"',
+                  f'sha256 = "{sha256_of(f)}"', f"size = {f.stat().st_size}"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m lmlib.recipes course-gpt --scale full --out models/course-gpt`` trains and writes a release."""
+    parser = argparse.ArgumentParser(prog="python -m lmlib.recipes", description=main.__doc__)
+    parser.add_argument("recipe", choices=["course-gpt"])
+    parser.add_argument("--scale", choices=sorted(COURSE_GPT), default="full")
+    parser.add_argument("--out", required=True, help="release folder to write (checkpoints go inside it)")
+    args = parser.parse_args(argv)
+    command = f"python -m lmlib.recipes course-gpt --scale {args.scale} --out {args.out}"
+    log = train_course_gpt(course_gpt(args.scale), args.out, command=command)
+    if log.get("interrupted"):
+        print(f"Interrupted at step {log['step']}; run the same command again to continue.")
+        return
+    print(f"held-out perplexity {log['val_perplexity']:.1f}; Kneser-Ney {log['kneser_ney_perplexity']}; "
+          f"{log['train_seconds'] / 60:.1f} min of training")
+
+
+if __name__ == "__main__":
+    main()

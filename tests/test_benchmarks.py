@@ -98,8 +98,18 @@ def test_gpt2_tokenizer_checks_ids_against_hugging_face(tmp_path, mirror):
     assert all(r["same_ids"] and r["tokens"] > 0 and r["ratio_to_fast"]["GPT2TokenizerFast"] == 1.0 for r in rows)
 
 
+def test_course_gpt_sizing_reports_tokens_per_parameter(tmp_path):
+    out = tmp_path / "sizing.json"
+    run_script("course_gpt_sizing.py", "--steps", "1", "--sizes", "2", "--minutes", "1", "--out", str(out))
+    result = json.loads(out.read_text())
+    assert [(r["n_layer"], r["n_embd"]) for r in result["rows"]] == [(3, 192), (4, 256)]
+    assert all(r["tokens_per_param"] == r["budget_tokens"] / r["params"] for r in result["rows"])
+    assert result["chinchilla_choice"] in result["rows"]
+
+
 @pytest.mark.parametrize("script", ["train_char_gpt.py", "peak_memory.py", "generate_kv_cache.py", "train_ladder.py",
-                                    "notebook_times.py", "decode_llama2c.py", "gpt2_tokenizer.py"])
+                                    "notebook_times.py", "decode_llama2c.py", "gpt2_tokenizer.py",
+                                    "course_gpt_sizing.py"])
 def test_every_script_explains_itself(script):
     assert "usage:" in run_script(script, "--help")
 

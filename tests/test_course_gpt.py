@@ -1,0 +1,86 @@
+"""The course model: its recipe end to end at `smoke`, and the released files against the recipe."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+import torch
+
+from lmlib import checkpoint, data, recipes
+from lmlib.data import sha256_of
+
+
+def as_json(value):
+    return json.loads(json.dumps(value))  # tuples become lists, as in the release's JSON files
+
+
+@pytest.fixture(scope="module")
+def smoke_release(tmp_path_factory, request):
+    if not (data.mirrors() and (data.mirrors()[0] / "enwiki-2018-slice").is_dir()):
+        pytest.skip("needs the course data mirror (LMLIB_DATA) with enwiki-2018-slice")
+    out = tmp_path_factory.mktemp("course-gpt")
+    log = recipes.train_course_gpt(recipes.course_gpt("smoke"), out, progress=False)
+    return out, log
+
+
+def test_smoke_recipe_writes_a_release_that_loads(smoke_release):
+    out, log = smoke_release
+    assert all((out / name).is_file() for name in recipes.RELEASE_FILES)
+    model, tok, config = recipes.load_course_gpt(out)
+    assert config["recipe"] == as_json(recipes.course_gpt("smoke"))
+    assert model.config.vocab_size == tok.vocab_size == recipes.course_gpt("smoke")["vocab_size"]
+    assert recipes.EOT in tok.special_tokens
+    # the fp16 release holds the trained weights to fp16 precision: the held-out loss barely moves
+    ids = tok.encode("The river flows through the town and into the sea.")[None]
+    logits, _ = model(ids)
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    assert log["history"]["step"][-1] == recipes.course_gpt("smoke")["steps"] and log["resumed_from"] == 0
+    assert log["corpus"]["stages"][0]["stage"] == "parsed records"
+    assert set(log["kneser_ney_perplexity"]) == {"2", "3", "4"} and log["val_perplexity"] > 1
+    assert log["machine"]["torch"] == torch.__version__
+
+
+def test_retraining_gives_the_same_files(smoke_release, tmp_path):
+    out, _ = smoke_release
+    recipes.train_course_gpt(recipes.course_gpt("smoke"), tmp_path, progress=False)
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert sha256_of(tmp_path / name) == sha256_of(out / name), name
+
+
+def test_an_interrupted_run_continues_from_its_checkpoint(smoke_release, tmp_path):
+    """A run stopped after its first checkpoint ends with the files of an uninterrupted run."""
+    out, _ = smoke_release
+    recipe = recipes.course_gpt("smoke")
+    shutil.copytree(out / "checkpoints", tmp_path / "checkpoints")
+    for folder in checkpoint.all_checkpoints(tmp_path / "checkpoints"):
+        if checkpoint.step_of(folder) > recipe["eval_every"]:
+            shutil.rmtree(folder)  # as if the run had stopped right after its first checkpoint
+    assert checkpoint.step_of(checkpoint.latest(tmp_path / "checkpoints")) == recipe["eval_every"]
+    log = recipes.train_course_gpt(recipe, tmp_path, progress=False)
+    assert log["resumed_from"] == recipe["eval_every"]  # resumed, not restarted
+    assert sha256_of(tmp_path / "model.safetensors") == sha256_of(out / "model.safetensors")
+
+
+def test_presets_and_default_scale(monkeypatch):
+    monkeypatch.setenv("LMLIB_SCALE", "gpu")
+    assert recipes.course_gpt() == recipes.COURSE_GPT["full"]
+    monkeypatch.setenv("LMLIB_SCALE", "smoke")
+    assert recipes.course_gpt() == recipes.COURSE_GPT["smoke"]
+    with pytest.raises(ValueError, match="scale"):
+        recipes.course_gpt("huge")
+
+
+def test_the_released_model_is_the_full_recipe():
+    """The registered release (committed under models/) was made by the `full` recipe and loads."""
+    config = json.loads(data.path(recipes.COURSE_GPT_NAME, "config.json").read_text())
+    log = json.loads(data.path(recipes.COURSE_GPT_NAME, "train_log.json").read_text())
+    full = recipes.course_gpt("full")
+    assert config["recipe"] == as_json(full) == log["recipe"]
+    model, tok, _ = recipes.load_course_gpt()
+    assert dataclasses.asdict(model.config) == dataclasses.asdict(recipes.model_config(full, tok.vocab_size))
+    assert log["command"] == recipes.RELEASE_COMMAND
+    assert log["history"]["step"][-1] == full["steps"]
+    # the model it releases is better than the n-gram baselines on the same held-out tokens
+    assert log["val_perplexity"] < min(log["kneser_ney_perplexity"].values())
