@@ -31,6 +31,7 @@ QUALITY_RULES, STOP_WORDS                           Gopher's document rules, by 
 quality_problems(text) -> list[str]                 the rules a document breaks
 words_and_bytes(texts) -> (docs, words, bytes)
 clean(articles, n_val, seed=0, threshold=0.8, num_perm=128, examples=3, progress=True) -> Cleaned
+held_out(articles, pages) -> list[str]             a held-out split rebuilt from page ids
 Cleaned                                             what clean returns: stages, .table(), drops by reason, splits
 """
 from __future__ import annotations
@@ -48,7 +49,7 @@ from lmlib.dedup import MinHasher, clusters, exact_duplicates, near_duplicate_pa
 
 __all__ = [
     "ENWIKI", "ENWIKI_FILES", "Article", "parse_wikiextractor", "read_enwiki", "keep_lines", "TERMINAL",
-    "QUALITY_RULES", "STOP_WORDS", "quality_problems", "Cleaned", "clean", "words_and_bytes",
+    "QUALITY_RULES", "STOP_WORDS", "quality_problems", "Cleaned", "clean", "words_and_bytes", "held_out",
 ]
 
 ENWIKI = "enwiki-2018-slice"
@@ -189,6 +190,17 @@ def quality_problems(text: str) -> list[str]:
     return problems
 
 
+def held_out(articles: Sequence[Article], pages: Sequence[int]) -> list[str]:
+    """The cleaned texts of the articles with page ids ``pages`` (in that order): a held-out split
+    rebuilt from the raw files without rerunning deduplication (NFC, then the line rule)."""
+    by_page = {a.id: a for a in articles}
+    missing = [p for p in pages if p not in by_page]
+    if missing:
+        raise ValueError(f"{len(missing)} held-out page ids are not among the articles (e.g. {missing[:3]}): "
+                         "read every file the split was made from.")
+    return [keep_lines(unicodedata.normalize("NFC", by_page[p].text))[0] for p in pages]
+
+
 # --- the pipeline ----------------------------------------------------------------------------------
 
 def words_and_bytes(texts: Iterable[str]) -> tuple[int, int, int]:
@@ -209,7 +221,8 @@ class Cleaned:
     it. ``dropped`` maps a reason (a rule name, ``"empty"``, ``"exact duplicate"``, ``"near
     duplicate"``) to up to ``examples`` ``(title, text)`` pairs it removed; ``kept_examples``
     holds documents that passed every rule. ``train`` and ``val`` are the cleaned texts of the
-    two splits, ``train_titles`` and ``val_titles`` their titles.
+    two splits, ``train_titles`` and ``val_titles`` their titles, ``val_pages`` the page ids of the
+    held-out documents (what :func:`held_out` needs to rebuild them from the raw files).
     """
 
     stages: list[dict] = field(default_factory=list)
@@ -220,6 +233,7 @@ class Cleaned:
     val: list[str] = field(default_factory=list)
     train_titles: list[str] = field(default_factory=list)
     val_titles: list[str] = field(default_factory=list)
+    val_pages: list[int] = field(default_factory=list)
     near_duplicate_groups: list[list[str]] = field(default_factory=list)
 
     def table(self) -> list[dict]:
@@ -256,41 +270,42 @@ def clean(
             shown.append((title, text))
 
     titles = [a.title for a in articles]
+    pages = [a.id for a in articles]
     texts = [a.text for a in articles]
     stage("parsed records", texts)
 
     texts = [unicodedata.normalize("NFC", t) for t in texts]
     stage("NFC normalization", texts)
 
-    t2, x2 = [], []
-    for title, text in zip(titles, texts):
-        kept, _ = keep_lines(text)
-        if kept:
-            t2.append(title)
-            x2.append(kept)
-        else:
+    def keep(mask: Sequence[bool]) -> None:
+        nonlocal titles, pages, texts
+        titles = [t for t, m in zip(titles, mask) if m]
+        pages = [p for p, m in zip(pages, mask) if m]
+        texts = [t for t, m in zip(texts, mask) if m]
+
+    lined = [keep_lines(text)[0] for text in texts]
+    for title, text, kept in zip(titles, texts, lined):
+        if not kept:
             drop("empty" if not text.strip() else "no sentence lines", title, text)
-    titles, texts = t2, x2
+    texts = lined
+    keep([bool(t) for t in lined])
     stage("line filter (C4)", texts)
 
-    t2, x2 = [], []
+    mask = []
     for title, text in zip(titles, texts):
         problems = quality_problems(text)
         if problems:
             drop(problems[0], title, text)
-        else:
-            t2.append(title)
-            x2.append(text)
-            if len(out.kept_examples) < examples:
-                out.kept_examples.append((title, text))
-    titles, texts = t2, x2
+        elif len(out.kept_examples) < examples:
+            out.kept_examples.append((title, text))
+        mask.append(not problems)
+    keep(mask)
     stage("quality filters (Gopher)", texts)
 
     exact = {j for group in exact_duplicates(texts) for j in group[1:]}
     for j in sorted(exact):
         drop("exact duplicate", titles[j], texts[j])
-    titles = [t for j, t in enumerate(titles) if j not in exact]
-    texts = [t for j, t in enumerate(texts) if j not in exact]
+    keep([j not in exact for j in range(len(texts))])
     stage("exact duplicates", texts)
 
     signatures = MinHasher(num_perm, seed).signatures(texts, progress=progress)
@@ -299,17 +314,17 @@ def clean(
     out.near_duplicate_groups = [[titles[j] for j in g] for g in groups]
     for j in sorted(near):
         drop("near duplicate", titles[j], texts[j])
-    titles = [t for j, t in enumerate(titles) if j not in near]
-    texts = [t for j, t in enumerate(texts) if j not in near]
+    keep([j not in near for j in range(len(texts))])
     stage("near duplicates (MinHash LSH)", texts)
 
     if not 0 < n_val < len(texts):
         raise ValueError(f"n_val={n_val} must be between 1 and {len(texts) - 1}: only {len(texts)} documents survived.")
     held = set(np.random.default_rng(seed).permutation(len(texts))[:n_val].tolist())
-    for j, (title, text) in enumerate(zip(titles, texts)):
+    for j, (title, page, text) in enumerate(zip(titles, pages, texts)):
         if j in held:
             out.val.append(text)
             out.val_titles.append(title)
+            out.val_pages.append(page)
         else:
             out.train.append(text)
             out.train_titles.append(title)

@@ -30,6 +30,7 @@ GPT(config)
     hidden_states(idx, cache=None) -> (B, T, n_embd)     final-normed, before the LM head
     new_cache() -> list[KVCache]                        one per layer, for lmlib.generate
     num_params(non_embedding=False) -> int
+    grow_vocab(vocab_size)                              new token rows (special tokens), at the mean row
     flops_per_token(seq_len=None, backward=True) -> int  (training FLOPs per token by default)
 count_params(config, non_embedding=False) -> int        the same count from the formula alone
 num_params(module, trainable_only=False) -> int         the parameters of any module (shared ones once)
@@ -38,6 +39,7 @@ GPTWithHead(gpt, n_outputs, pad_id, dropout=0.0)        a linear head on a GPT's
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from dataclasses import dataclass, fields
@@ -433,6 +435,34 @@ class GPT(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten().long(), ignore_index=IGNORE_INDEX)
         return logits, loss
+
+    def grow_vocab(self, vocab_size: int) -> None:
+        """Make room for new tokens (chapter 5: special tokens added to a pretrained model's tokenizer).
+
+        The token table (and an untied output head) get ``vocab_size - config.vocab_size`` new
+        rows after the old ones, which keep their ids and values. A new row starts at the mean of
+        the old rows: a random row could be far from everything the model has seen, while the mean
+        makes the new token look like an "average" token until fine-tuning gives it a meaning.
+        ``config.vocab_size`` follows.
+        """
+        old = self.config.vocab_size
+        if not isinstance(vocab_size, int) or vocab_size < old:
+            raise ValueError(f"grow_vocab needs a vocabulary of at least the current {old} tokens, got {vocab_size!r}.")
+        if vocab_size == old:
+            return
+
+        def grown(weight: Tensor) -> nn.Parameter:
+            extra = weight.detach().mean(dim=0, keepdim=True).expand(vocab_size - old, -1)
+            return nn.Parameter(torch.cat([weight.detach(), extra]).to(weight.dtype))
+
+        self.wte.weight = grown(self.wte.weight)
+        self.wte.num_embeddings = vocab_size
+        if self.config.tie_weights:
+            self.lm_head.weight = self.wte.weight
+        else:
+            self.lm_head.weight = grown(self.lm_head.weight)
+        self.lm_head.out_features = vocab_size
+        self.config = dataclasses.replace(self.config, vocab_size=vocab_size)
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters of the module (a tied weight counted once).

@@ -22,13 +22,14 @@ import math
 import os
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import safetensors.torch
 import torch
 
 from lmlib.checkpoint import latest
-from lmlib.corpus import clean, read_enwiki
+from lmlib.corpus import clean, held_out, read_enwiki
 from lmlib.data import path, sha256_of, window_batches
 from lmlib.generate import generate
 from lmlib.metrics import stream_nll
@@ -186,7 +187,7 @@ def train_course_gpt(recipe: dict, out_dir: str | Path, progress: bool = True, c
         name=COURSE_GPT_NAME, recipe=recipe, command=command or RELEASE_COMMAND, machine=_machine(),
         corpus=dict(stages=cleaned.table(), drop_counts=cleaned.drop_counts, train_tokens=len(train_ids),
                     val_tokens=len(val_ids), train_docs=len(cleaned.train), val_docs=len(cleaned.val),
-                    seconds=corpus_s),
+                    val_pages=cleaned.val_pages, seconds=corpus_s),
         params=model.num_params(), tokens_seen=trainer.step * bs * batch, epochs=trainer.step * bs * batch / len(train_ids),
         train_seconds=train_s, resumed_from=resumed_from, history=history.as_dict(), val_loss=val_nll, val_perplexity=math.exp(val_nll),
         kneser_ney_perplexity={str(n): p for n, p in kn.items()}, samples=samples,
@@ -206,11 +207,14 @@ def save_release(model: GPT, tok: ByteBPE, recipe: dict, log: dict, out_dir: str
     (out_dir / "train_log.json").write_text(json.dumps(log, indent=1, sort_keys=True) + "\n")
 
 
-def load_course_gpt(folder: str | Path | None = None) -> tuple[GPT, ByteBPE, dict]:
+def load_course_gpt(folder: str | Path | None = None, special_tokens: Sequence[str] = ()) -> tuple[GPT, ByteBPE, dict]:
     """The course model (float32, on the CPU, evaluation mode), its tokenizer and its config.
 
     Without ``folder`` the released files come through :func:`lmlib.data.path` (the course
     repository's ``models/`` folder in a clone, else the cache or a download checked by sha256).
+    ``special_tokens`` (for example a padding or separator token for a chapter-5 task) are added
+    to the tokenizer after :data:`EOT`, and the model grows matching rows
+    (:meth:`lmlib.model.GPT.grow_vocab`), so every old id and logit stays what it was.
     """
     def file(name: str) -> Path:
         return Path(folder) / name if folder is not None else path(COURSE_GPT_NAME, name)
@@ -219,13 +223,35 @@ def load_course_gpt(folder: str | Path | None = None) -> tuple[GPT, ByteBPE, dic
     if config.get("format") != "lmlib-course-gpt":
         raise ValueError(f"{file('config.json')} is not a course-model config (format {config.get('format')!r}).")
     model = GPT(GPTConfig(**config["model"])).half()
-    missing, unexpected = safetensors.torch.load_model(model, str(file("model.safetensors")), strict=True)
-    return model.float().eval(), ByteBPE.load(file("tokenizer.json")), config
+    safetensors.torch.load_model(model, str(file("model.safetensors")), strict=True)
+    tok = ByteBPE.load(file("tokenizer.json"))
+    if special_tokens:
+        clash = [t for t in special_tokens if t in tok.special_tokens]
+        if clash:
+            raise ValueError(f"{clash} are already special tokens of the course tokenizer: {list(tok.special_tokens)}.")
+        tok = ByteBPE(tok.merges, [*tok.special_tokens, *special_tokens], tok.pattern, tok.byte_order)
+        model.grow_vocab(tok.vocab_size)
+    return model.float().eval(), tok, config
 
 
-def registry_entry(out_dir: str | Path, base_url: str) -> str:
-    """The ``lmlib/datasets.toml`` files of a release folder (sha256 and size of each), as TOML."""
-    lines = []
+def course_heldout(log: dict | None = None) -> list[str]:
+    """The held-out documents of the released course model (never trained on), as cleaned text.
+
+    They are rebuilt from the raw ``enwiki-2018-slice`` files and the page ids in the training log
+    (``log``; default: the released one), which takes seconds instead of rerunning the pipeline.
+    """
+    if log is None:
+        log = json.loads(path(COURSE_GPT_NAME, "train_log.json").read_text())
+    return held_out(read_enwiki(log["recipe"]["n_files"])[0], log["corpus"]["val_pages"])
+
+
+def registry_entry(out_dir: str | Path, base_url: str, homepage: str = "https://github.com/lmcourse/lmcourse") -> str:
+    """The ``lmlib/datasets.toml`` entry of a release folder (sha256 and size of each file), as TOML."""
+    lines = [f"[{COURSE_GPT_NAME}]",
+             'title = "The course model: a 2.2M-parameter GPT pretrained on cleaned English Wikipedia (chapter 4)"',
+             'licence = "Weights: MIT, like the course code; trained on Wikipedia text (CC BY-SA 3.0, Wikipedia contributors)"',
+             'citation = "The course\'s own release, made by lmlib.recipes (python -m lmlib.recipes course-gpt --scale full)"',
+             f'homepage = "{homepage}"', 'default = "model.safetensors"']
     for name in RELEASE_FILES:
         f = Path(out_dir) / name
         lines += [f'[{COURSE_GPT_NAME}.files."{name}"]', f'url = "{base_url}/{name}"',

@@ -79,3 +79,11 @@ def test_real_slice_parses_without_bad_records(mirror):
     assert sum(r.kept for r in reports) == len(articles) > 2500
     with pytest.raises(ValueError, match="n_files"):
         corpus.read_enwiki(65)
+
+
+def test_held_out_split_is_rebuilt_from_page_ids(mirror):
+    articles, _ = corpus.read_enwiki(2)
+    out = corpus.clean(articles, n_val=30, progress=False)
+    assert corpus.held_out(articles, out.val_pages) == out.val
+    with pytest.raises(ValueError, match="held-out page ids"):
+        corpus.held_out(articles[:10], out.val_pages)

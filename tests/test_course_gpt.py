@@ -40,6 +40,20 @@ def test_smoke_recipe_writes_a_release_that_loads(smoke_release):
     assert log["corpus"]["stages"][0]["stage"] == "parsed records"
     assert set(log["kneser_ney_perplexity"]) == {"2", "3", "4"} and log["val_perplexity"] > 1
     assert log["machine"]["torch"] == torch.__version__
+    assert len(recipes.course_heldout(log)) == recipes.course_gpt("smoke")["n_val"]
+
+
+def test_special_tokens_are_added_after_the_released_ones(smoke_release):
+    out, _ = smoke_release
+    base, tok, _ = recipes.load_course_gpt(out)
+    model, tok2, _ = recipes.load_course_gpt(out, special_tokens=["<|pad|>", "<|sep|>"])
+    assert tok2.special_tokens[recipes.EOT] == tok.special_tokens[recipes.EOT]
+    assert tok2.vocab_size == tok.vocab_size + 2 == model.config.vocab_size
+    ids = tok.encode("A short test sentence.")[None]
+    torch.testing.assert_close(model(ids)[0][..., : tok.vocab_size], base(ids)[0])
+    assert tok2.encode("<|sep|>").tolist() == [tok.vocab_size + 1]
+    with pytest.raises(ValueError, match="already special"):
+        recipes.load_course_gpt(out, special_tokens=[recipes.EOT])
 
 
 def test_retraining_gives_the_same_files(smoke_release, tmp_path):

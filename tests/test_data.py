@@ -32,8 +32,19 @@ def test_every_registry_entry_matches_the_mirror(mirror, monkeypatch):
     for ds in data.registry().values():
         for name, spec in ds.files.items():
             p = data.path(ds.name, name, download=False)
-            assert p == mirror / ds.name / name
+            # the course's own releases are committed in the clone (models/), not in the mirror
+            assert p == (data.release_dir() if (data.release_dir() / ds.name).is_dir() else mirror) / ds.name / name
             assert p.stat().st_size == spec.size
+
+
+def test_a_release_that_does_not_match_the_registry_is_an_error(monkeypatch, tmp_path):
+    folder = tmp_path / "models" / "course-gpt"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    monkeypatch.setattr(data, "release_dir", lambda: tmp_path / "models")
+    monkeypatch.delenv("LMLIB_DATA", raising=False)
+    with pytest.raises(data.ChecksumError, match="registry_entry"):
+        data.path("course-gpt", "config.json")
 
 
 def test_damaged_mirror_file_is_an_error(tmp_path, monkeypatch):

@@ -219,3 +219,21 @@ def test_mlp_hidden_dim_overrides_the_width_rule():
     config = tiny(mlp="swiglu", mlp_hidden_dim=43)
     assert config.mlp_hidden == 43
     assert GPT(config).blocks[0].mlp.gate.weight.shape == (43, config.n_embd)
+
+
+def test_grow_vocab_keeps_old_logits_and_starts_new_rows_at_the_mean():
+    torch.manual_seed(0)
+    for tie in (True, False):
+        model = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_embd=16, n_head=2, tie_weights=tie)).eval()
+        ids = torch.randint(0, 50, (2, 8))
+        before = model(ids)[0]
+        model.grow_vocab(53)
+        after = model(ids)[0]
+        assert after.shape == (2, 8, 53) and model.config.vocab_size == 53
+        torch.testing.assert_close(after[..., :50], before)
+        torch.testing.assert_close(model.wte.weight[50], model.wte.weight[:50].mean(0))
+        assert (model.lm_head.weight is model.wte.weight) == tie
+        model(torch.tensor([[52]]))  # the new ids are accepted
+        assert model.wte.weight.grad is None and model.wte.weight.requires_grad
+    with pytest.raises(ValueError, match="at least the current 53"):
+        model.grow_vocab(10)
