@@ -1,4 +1,4 @@
-"""Training recipes for chapter 4's Tiny Shakespeare character GPT, shared by the notebook and the benchmarks.
+"""Training recipes shared by the notebooks and the benchmarks: chapter 4's Tiny Shakespeare GPT and the course model.
 
 A recipe is a plain dict: model sizes, batch, step count and the AdamW schedule. Chapter 4
 (``03_training_a_gpt``) trains :func:`shakespeare_char` at the current scale preset, and
@@ -11,6 +11,12 @@ after 2000 steps) and its GPU run (the ``gpu`` preset, about 1.47 after 5000 ste
 ``cpu`` preset is not nanoGPT's laptop run: a sweep on a 2-core CPU (chapter 4 and
 ``benchmarks/RESULTS.md``) found that half the depth, a 16-window batch and five times the
 learning rate reach the same loss in about a third of the time.
+
+The course model (chapter 4, "The course model") is the one GPT that chapters 5 and 6 fine-tune,
+compress and audit: :func:`course_gpt` is its recipe, :func:`train_course_gpt` cleans raw
+Wikipedia (:mod:`lmlib.corpus`), trains and writes a release folder, and :func:`load_course_gpt`
+loads the release registered in ``lmlib/datasets.toml`` (committed under ``models/``). Retrain it
+with ``python -m lmlib.recipes course-gpt --scale full --out models/course-gpt``.
 """
 from __future__ import annotations
 

@@ -41,3 +41,14 @@ def test_presets_match_the_chapter_text():
 def test_unknown_scale_is_rejected():
     with pytest.raises(ValueError, match="scale must be one of"):
         recipes.shakespeare_char("tpu")
+
+
+@pytest.mark.parametrize("scale", ["smoke", "cpu", "full"])
+def test_course_gpt_presets_build_a_model_and_share_the_corpus_of_the_release(scale):
+    recipe = recipes.course_gpt(scale)
+    model = GPT(recipes.model_config(recipe, recipe["vocab_size"] + 1))
+    cfg = recipes.train_config(recipe, eval_every=recipe["eval_every"])
+    assert cfg.max_steps == recipe["steps"] and len(model.blocks) == recipe["n_layer"]
+    if scale != "smoke":  # the cpu preset builds the same corpus and tokenizer as the release
+        full = recipes.course_gpt("full")
+        assert all(recipe[k] == full[k] for k in ("n_files", "n_val", "vocab_size", "seed", "n_layer", "n_embd"))
