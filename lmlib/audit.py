@@ -1,14 +1,18 @@
 """Auditing a model for bias and robustness: what it prefers, and what breaks it.
 
-Derived in chapter 6 ("Challenges", notebook 04, bias and robustness). Three tools:
+Derived in chapter 6 ("Challenges", notebook 04, bias and robustness), which audits the course
+model of chapter 4. Three tools:
 
 - a **template probe** for a language model: the log-probability of each continuation (" he",
   " she", an occupation, ...) after each filled-in template ("The nurse said that"), as a tidy
-  table with one row per (template, filler, continuation);
+  table with one row per (template, filler, continuation); and the **counts** of a corpus that a
+  probe must be read against (how often each word occurs, and how often near each pronoun);
 - **counterfactual swaps**: replace words by their partners (he <-> she, John <-> Mary), whole
   words only, keeping the case, and measure how a classifier's predictions move;
 - **noise** for robustness: character typos (swap, drop, insert, keyboard neighbour) and word
-  dropout at a given rate with a seeded generator, and the accuracy-against-noise curve.
+  dropout at a given rate with a seeded generator, the accuracy-against-noise curve of a
+  classifier, and the exact log-likelihood of whole texts under a language model
+  (:func:`text_nll`), to compare perturbed texts per word rather than per token.
 
 API summary
 -----------
@@ -17,18 +21,22 @@ template_probe(model, tokenizer, templates, fillers, continuations) -> list[dict
 log_odds(rows, a, b) -> dict[filler, float]       mean over templates of log P(a) - log P(b)
 format_table(rows, columns=None, floatfmt=".3f", max_rows=None) -> str
 cooccurrence(words, targets, contexts, window=10) -> dict[target, dict[context, int]]
+corpus_counts(texts, targets, contexts, window=10) -> CorpusCounts   the same over documents, + totals
+words_of(text) -> list[str]                       lowercase words (runs of letters)
 swap_map(pairs) -> dict[str, str];  swap_words(text, pairs) -> str;  GENDER_PAIRS, NAME_PAIRS
 counterfactual_shift(predict_proba, texts, pairs, positive=1, n_examples=5) -> SwapResult
 typos(text, rate, rng, kinds=KINDS) -> str;  word_dropout(text, rate, rng) -> str
 KEYBOARD_NEIGHBOURS, keyboard_typo(char, rng) -> str
 noise_curve(predict, texts, labels, noise, rates, seeds=(0,), progress=True) -> NoiseCurve
+text_nll(model, tokenizer, texts, prefix="", batch_size=16) -> (nats (N,), tokens (N,))   every token scored once
 """
 from __future__ import annotations
 
+import bisect
 import math
 import random
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -40,7 +48,8 @@ from lmlib.generate import continuation_logprob
 Tensor = torch.Tensor
 
 __all__ = [
-    "continuation_logprobs", "template_probe", "log_odds", "format_table", "cooccurrence",
+    "continuation_logprobs", "template_probe", "log_odds", "format_table", "cooccurrence", "CorpusCounts",
+    "corpus_counts", "words_of", "text_nll",
     "GENDER_PAIRS", "NAME_PAIRS", "swap_map", "swap_words", "SwapResult", "counterfactual_shift",
     "KINDS", "KEYBOARD_NEIGHBOURS", "keyboard_typo", "typos", "word_dropout", "NoiseCurve",
     "noise_curve",
@@ -189,6 +198,69 @@ def cooccurrence(words: Sequence[str], targets: Sequence[str], contexts: Sequenc
             inside = torch.searchsorted(cpos, pos + window + 1) - torch.searchsorted(cpos, pos - window)
             out[t][c] = int(inside.sum()) - (len(pos) if c == t else 0)  # a word is not its own context
     return out
+
+
+_WORD = re.compile(r"[a-z]+")
+
+
+def words_of(text: str) -> list[str]:
+    """The lowercase words of ``text``: maximal runs of the letters a-z ("He's" gives "he", "s")."""
+    return _WORD.findall(text.lower())
+
+
+@dataclass
+class CorpusCounts:
+    """What :func:`corpus_counts` counted.
+
+    ``near[t][c]``: occurrences of context word ``c`` within the window of an occurrence of target
+    ``t`` (same document); ``totals[w]``: occurrences of each target and context word;
+    ``n_words``: all words of the corpus; ``n_docs``: documents.
+    """
+
+    near: dict[str, dict[str, int]]
+    totals: dict[str, int]
+    n_words: int
+    n_docs: int
+
+
+def corpus_counts(texts: Sequence[str] | Iterable[str], targets: Sequence[str], contexts: Sequence[str],
+                  window: int = 10) -> CorpusCounts:
+    """:func:`cooccurrence` over a corpus of documents, with the total count of every word of interest.
+
+    Each text is split into lowercase words by :func:`words_of`; windows never cross from one
+    document into the next. Only the positions of the words of interest are kept, so a corpus of
+    millions of words is counted in one pass without holding its word list.
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1 word, got {window}.")
+    bad = [w for w in (*targets, *contexts) if not isinstance(w, str) or not _WORD.fullmatch(w)]
+    if bad:
+        raise ValueError(f"targets and contexts must be lowercase words of letters a-z (what words_of "
+                         f"returns), got {bad[:3]!r}.")
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of documents, not one string: wrap it as [text].")
+    interest = set(targets) | set(contexts)
+    near = {t: {c: 0 for c in contexts} for t in targets}
+    totals = {w: 0 for w in interest}
+    n_words = n_docs = 0
+    for text in texts:
+        words = words_of(text)
+        n_docs += 1
+        n_words += len(words)
+        where: dict[str, list[int]] = {}
+        for pos, w in enumerate(words):
+            if w in interest:
+                where.setdefault(w, []).append(pos)
+        for w, pos in where.items():
+            totals[w] += len(pos)
+        for t in targets:
+            for p in where.get(t, ()):
+                for c in contexts:
+                    cpos = where.get(c)
+                    if cpos:
+                        inside = bisect.bisect_right(cpos, p + window) - bisect.bisect_left(cpos, p - window)
+                        near[t][c] += inside - (1 if c == t else 0)  # a word is not its own context
+    return CorpusCounts(near, totals, n_words, n_docs)
 
 
 # --- (b) counterfactual swaps --------------------------------------------------------------------
@@ -426,3 +498,53 @@ def noise_curve(predict: Callable[[list[str]], Tensor], texts: Sequence[str], la
         means.append(sum(accs) / len(accs))
         stds.append(math.sqrt(sum((a - means[-1]) ** 2 for a in accs) / max(1, len(accs) - 1)))
     return NoiseCurve(list(rates), means, stds)
+
+
+@torch.no_grad()
+def text_nll(model: torch.nn.Module, tokenizer, texts: Sequence[str], prefix: str = "",
+             batch_size: int = 16) -> tuple[Tensor, Tensor]:
+    """The negative log-likelihood (nats, float64) of each whole text, and the number of tokens scored.
+
+    Each text is encoded after ``prefix`` (for the course model, its end-of-text token, so a text
+    reads as the start of a document; the prefix itself is context, never scored). Every token of
+    the text is scored exactly once: a text longer than the model's context is cut into windows
+    of ``block_size + 1`` tokens that overlap by one token, so each window predicts the next
+    ``block_size`` tokens; a token's context is then the part of its window before it. With an
+    empty prefix the text's first token has no context and is not scored.
+
+    Per-token averages of two versions of a text (clean, with typos) are not comparable when the
+    versions are cut into different numbers of tokens; the total is, and so is the total divided
+    by the words of the clean text (nats per word).
+    """
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of strings, not one string: wrap it as [text].")
+    block = getattr(getattr(model, "config", None), "block_size", None)
+    if block is None:
+        raise ValueError("text_nll needs model.config.block_size (an lmlib.model.GPT) to cut long texts into windows.")
+    pre = tokenizer.encode(prefix).tolist() if prefix else []
+    if len(pre) >= block:
+        raise ValueError(f"the prefix {prefix!r} is {len(pre)} tokens, as long as the model's context ({block}).")
+    rows, owner = [], []
+    counts = torch.zeros(len(texts), dtype=torch.long)
+    for i, text in enumerate(texts):
+        ids = pre + tokenizer.encode(text).tolist()
+        first = len(pre) if pre else 1  # the first scored position
+        counts[i] = max(0, len(ids) - first)
+        for lo in range(first - 1, len(ids) - 1, block):  # window lo .. lo + block predicts lo + 1 .. lo + block
+            chunk = ids[lo: lo + block + 1]
+            rows.append(chunk)
+            owner.append(i)
+    nll = torch.zeros(len(texts), dtype=torch.float64)
+    if not rows:
+        return nll, counts
+    order = sorted(range(len(rows)), key=lambda k: len(rows[k]))  # similar lengths together: less padding
+    with eval_mode(model):
+        device = model_device(model)
+        for lo in range(0, len(order), batch_size):
+            pick = order[lo: lo + batch_size]
+            chunk = [rows[k] for k in pick]
+            x = pad_right(chunk, 0).to(device)
+            lp = continuation_logprob(model, x, 1, torch.tensor([len(c) for c in chunk], device=device),
+                                      dtype=torch.float64).cpu()
+            nll.index_add_(0, torch.tensor([owner[k] for k in pick]), -lp)
+    return nll, counts

@@ -22,7 +22,7 @@ parse_labelled(lines, layout, classes, source="<lines>") -> (texts, labels, Load
 stratified_split(labels, fractions=(0.8, 0.1, 0.1), seed=0) -> (train, val, test) index tensors
 pad_batch(seqs, pad_id, max_len) -> (N, T) ids
 classification_batches(ids, labels, batch_size, pad_id) -> batch_fn(generator) -> (x, y)
-predict(model, ids, batch_size=256, pad_id=None) -> logits (N, n_classes)
+predict(model, ids, batch_size=256, pad_id=None) -> logits (N, n_classes), shortest rows batched together
 train_classifier(model, ids, labels, *, pad_id, steps, batch_size=32, lr=5e-4, ...) -> History
 evaluate_classifier(model, ids, labels, *, pad_id, positive=1) -> dict of metrics
 """
@@ -283,16 +283,27 @@ def classification_batches(ids: Tensor, labels: Tensor, batch_size: int,
 
 @torch.no_grad()
 def predict(model: nn.Module, ids: Tensor, batch_size: int = 256, pad_id: int | None = None) -> Tensor:
-    """Logits (N, n_classes) of ``model`` on every row of ``ids``, in evaluation mode, on the CPU."""
+    """Logits (N, n_classes) of ``model`` on every row of ``ids``, in evaluation mode, on the CPU.
+
+    With ``pad_id`` the rows run shortest first, so that each batch is cut to the length of its
+    own longest text instead of the longest of all (right padding is masked, so only the cost
+    changes); the logits come back in the order of ``ids``.
+    """
+    if ids.dim() != 2 or batch_size < 1:
+        raise ValueError(f"ids must be (N, T) and batch_size >= 1, got {tuple(ids.shape)} and {batch_size}.")
+    order = torch.arange(ids.shape[0])
+    if pad_id is not None:
+        order = (ids != pad_id).sum(1).argsort(stable=True)
     with eval_mode(model):
         device = model_device(model)
         out = []
         for start in range(0, ids.shape[0], batch_size):
-            x = ids[start:start + batch_size]
+            x = ids[order[start:start + batch_size]]
             if pad_id is not None:
                 x = _trim(x, pad_id)
             out.append(model(x.to(device))[0].float().cpu())
-    return torch.cat(out)
+    logits = torch.cat(out)
+    return torch.empty_like(logits).index_copy_(0, order, logits)
 
 
 # --- training and evaluation --------------------------------------------------------------------

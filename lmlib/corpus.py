@@ -28,6 +28,7 @@ parse_wikiextractor(text, source='<text>') -> (articles, RowReport)
 read_enwiki(n_files=None) -> (articles, reports)    the first n_files files, through lmlib.data.path
 keep_lines(text, min_words=5) -> (text, removed)    C4's line rule (TERMINAL punctuation, 5+ words)
 QUALITY_RULES, STOP_WORDS                           Gopher's document rules, by name
+quality_measures(text) -> dict                      the statistics the rules judge (words, shares, ...)
 quality_problems(text) -> list[str]                 the rules a document breaks
 words_and_bytes(texts) -> (docs, words, bytes)
 clean(articles, n_val, seed=0, threshold=0.8, num_perm=128, examples=3, progress=True) -> Cleaned
@@ -49,7 +50,7 @@ from lmlib.dedup import MinHasher, clusters, exact_duplicates, near_duplicate_pa
 
 __all__ = [
     "ENWIKI", "ENWIKI_FILES", "Article", "parse_wikiextractor", "read_enwiki", "keep_lines", "TERMINAL",
-    "QUALITY_RULES", "STOP_WORDS", "quality_problems", "Cleaned", "clean", "words_and_bytes", "held_out",
+    "QUALITY_RULES", "STOP_WORDS", "quality_measures", "quality_problems", "Cleaned", "clean", "words_and_bytes", "held_out",
 ]
 
 ENWIKI = "enwiki-2018-slice"
@@ -164,28 +165,49 @@ QUALITY_RULES = {
 }
 
 
-def quality_problems(text: str) -> list[str]:
-    """The names of the :data:`QUALITY_RULES` that ``text`` breaks (empty: the document is kept)."""
+def quality_measures(text: str) -> dict[str, float]:
+    """The statistics :func:`quality_problems` judges a document by, so a reader can see why a rule fired.
+
+    ``words`` (whitespace-separated), ``mean_word_length`` (characters), ``symbols_per_word`` ('#',
+    '...' and the ellipsis character per word), ``alphabetic_share`` (words that contain a letter),
+    ``stop_words`` (how many of :data:`STOP_WORDS` occur) and ``digit_share`` (digits among the
+    non-space characters). An empty text has zeros everywhere.
+    """
     words = text.split()
     n = len(words)
-    problems = []
-    if n < 50:
-        problems.append("too short")
-    if n > 100_000:
-        problems.append("too long")
     if n == 0:
-        return problems
-    mean_len = sum(map(len, words)) / n
-    if not 3 <= mean_len <= 10:
-        problems.append("odd word length")
-    if (text.count("#") + text.count("...") + text.count("\u2026")) / n > 0.1:
-        problems.append("symbols")
-    if sum(any(ch.isalpha() for ch in w) for w in words) / n < 0.8:
-        problems.append("few alphabetic words")
-    if len(STOP_WORDS & {w.lower() for w in words}) < 2:
-        problems.append("no stop words")
+        return dict(words=0, mean_word_length=0.0, symbols_per_word=0.0, alphabetic_share=0.0, stop_words=0,
+                    digit_share=0.0)
     chars = sum(map(len, words))
-    if sum(ch.isdigit() for ch in text) / chars > 0.15:
+    return dict(
+        words=n,
+        mean_word_length=chars / n,
+        symbols_per_word=(text.count("#") + text.count("...") + text.count("\u2026")) / n,
+        alphabetic_share=sum(any(ch.isalpha() for ch in w) for w in words) / n,
+        stop_words=len(STOP_WORDS & {w.lower() for w in words}),
+        digit_share=sum(ch.isdigit() for ch in text) / chars,
+    )
+
+
+def quality_problems(text: str) -> list[str]:
+    """The names of the :data:`QUALITY_RULES` that ``text`` breaks (empty: the document is kept)."""
+    m = quality_measures(text)
+    problems = []
+    if m["words"] < 50:
+        problems.append("too short")
+    if m["words"] > 100_000:
+        problems.append("too long")
+    if m["words"] == 0:
+        return problems
+    if not 3 <= m["mean_word_length"] <= 10:
+        problems.append("odd word length")
+    if m["symbols_per_word"] > 0.1:
+        problems.append("symbols")
+    if m["alphabetic_share"] < 0.8:
+        problems.append("few alphabetic words")
+    if m["stop_words"] < 2:
+        problems.append("no stop words")
+    if m["digit_share"] > 0.15:
         problems.append("digits")
     return problems
 

@@ -22,6 +22,7 @@ extract_answer(text) -> str | None             the number after '####', normalis
 normalize_number(text) -> str | None
 answer_accuracy(predictions, references) -> float   share of extracted answers equal to the reference
 sequence_logprob(model, x, y) -> (B,)          summed log-probabilities of the non-ignored targets
+response_nll(model, examples, pad_id, batch_size=64) -> float   held-out loss, nats per response token
 split_dialogue(chosen, rejected, marker="\\n\\nAssistant:") -> (prompt, chosen reply, rejected reply) or None
 dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta) -> (loss, reward margins)
 """
@@ -50,7 +51,7 @@ __all__ = [
     "IGNORE_INDEX", "PromptTemplate", "sft_targets", "encode_example", "pad_examples", "sft_batches",
     "respond", "JsonlReport", "read_jsonl", "load_self_instruct", "load_gsm8k", "load_preferences",
     "split_dialogue", "extract_answer", "normalize_number", "answer_accuracy", "sequence_logprob",
-    "dpo_loss",
+    "response_nll", "dpo_loss",
 ]
 
 #: The target value that ``F.cross_entropy`` (and so ``lm_loss`` and ``GPT``) leaves out of the loss.
@@ -345,6 +346,33 @@ def sequence_logprob(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     the prompt, the quantity DPO compares between two responses.
     """
     return target_logprobs(lm_logits(model, x), y).sum(dim=1)
+
+
+@torch.no_grad()
+def response_nll(model: nn.Module, examples: Sequence[Example], pad_id: int, batch_size: int = 64) -> float:
+    """Mean negative log-likelihood (nats) per response token of ``examples`` from :func:`encode_example`.
+
+    Every response token of every example counts once, whatever the batching and the padding:
+    the sums of :func:`sequence_logprob` are added up and divided by the number of targets that
+    are not IGNORE_INDEX. A graded measure for held-out examples, useful where exact match is
+    too coarse (near zero for every model compared). Runs in evaluation mode, without gradients.
+    """
+    examples = list(examples)
+    if not examples:
+        raise ValueError("response_nll needs at least one example.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size!r}.")
+    device = model_device(model)
+    total, count = 0.0, 0
+    with eval_mode(model):
+        for start in range(0, len(examples), batch_size):
+            X, Y = pad_examples(examples[start: start + batch_size], pad_id)
+            X, Y = X.to(device), Y.to(device)
+            total -= float(sequence_logprob(model, X, Y).sum())
+            count += int((Y != IGNORE_INDEX).sum())
+    if count == 0:
+        raise ValueError("the examples have no response tokens (every target is IGNORE_INDEX).")
+    return total / count
 
 
 def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor,

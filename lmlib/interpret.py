@@ -12,6 +12,9 @@ blocks, indexed 0 ... n_layer - 1 like ``model.blocks``.
 API summary
 -----------
 attention_maps(model, idx) -> (n_layer, B, n_head, T, T)       softmax weights of every head
+previous_token_scores(maps) -> (n_layer, n_head)                mean weight a query puts on the token before it
+repeated_tokens(n, length, vocab_size, generator=None, exclude=()) -> (n, 2 * length)   random ids, then again
+induction_scores(maps, period) -> (n_layer, n_head)             mean weight on "the token after my last occurrence"
 residual_stream(model, idx) -> (n_layer + 1, B, T, n_embd)      the stream before ln_f
 logit_lens(model, idx, layers=None) -> (len(layers), B, T, V)   ln_f + lm_head on each layer
 lens_stats(model, idx, targets) -> LensStats(loss, agreement)   per layer, vs the final prediction
@@ -38,7 +41,7 @@ from lmlib.model import GPT
 Tensor = torch.Tensor
 
 __all__ = [
-    "attention_maps", "residual_stream", "logit_lens", "lens_stats", "LensStats", "fit_probe", "Probe",
+    "attention_maps", "previous_token_scores", "repeated_tokens", "induction_scores", "residual_stream", "logit_lens", "lens_stats", "LensStats", "fit_probe", "Probe",
     "control_labels", "shuffled_labels", "head_outputs", "ablate_head", "head_ablation",
 ]
 
@@ -119,6 +122,58 @@ def attention_maps(model: GPT, idx: Tensor) -> Tensor:
     with _hooked(model, hooks):
         model(idx)
     return torch.stack(maps)
+
+
+def _check_maps(maps: Tensor) -> Tensor:
+    if not isinstance(maps, Tensor) or maps.dim() != 5 or maps.shape[-1] != maps.shape[-2]:
+        shape = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
+        raise ValueError(f"maps must be attention weights (n_layer, B, n_head, T, T) as attention_maps returns, got {shape}.")
+    return maps
+
+
+def previous_token_scores(maps: Tensor) -> Tensor:
+    """Per block and head, the mean weight that a query at position i >= 1 puts on position i - 1.
+
+    ``maps`` is (n_layer, B, n_head, T, T) from :func:`attention_maps`; the mean runs over the
+    batch and the queries. A head that always reads the token just before scores 1; a head that
+    spreads its weight evenly over the i + 1 positions it may read scores about ln(T) / T.
+    """
+    maps = _check_maps(maps)
+    if maps.shape[-1] < 2:
+        raise ValueError("previous-token scores need at least 2 positions.")
+    return maps.diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=(1, 3)).cpu()
+
+
+def repeated_tokens(n: int, length: int, vocab_size: int, generator: torch.Generator | None = None,
+                    exclude: Sequence[int] = ()) -> Tensor:
+    """``n`` rows of ``length`` random token ids followed by the same ``length`` ids again: (n, 2 * length).
+
+    The ids are drawn uniformly without replacement within a row (so a token's "previous
+    occurrence" is unique), leaving out ``exclude`` (special tokens such as an end-of-text). The
+    first half cannot be predicted; the second half can, by a model that finds where the current
+    token occurred before and copies what followed it (Olsson et al. 2022).
+    """
+    allowed = torch.tensor([i for i in range(vocab_size) if i not in set(exclude)])
+    if not 1 <= length <= len(allowed) or n < 1:
+        raise ValueError(f"need n >= 1 rows and 1 <= length <= {len(allowed)} distinct allowed ids, got n={n}, length={length}.")
+    rows = torch.stack([allowed[torch.randperm(len(allowed), generator=generator)[:length]] for _ in range(n)])
+    return torch.cat([rows, rows], dim=1)
+
+
+def induction_scores(maps: Tensor, period: int) -> Tensor:
+    """Per block and head, the mean weight that a query in a repeat puts on the token after its last occurrence.
+
+    For a sequence whose second half repeats the first (``period`` tokens each, as from
+    :func:`repeated_tokens`), the query at i >= period last saw its own token at i - period, and
+    the token that followed it sits at i - period + 1. An induction head puts most of its weight
+    there; ``maps`` is (n_layer, B, n_head, T, T) with T >= period + 1.
+    """
+    maps = _check_maps(maps)
+    T = maps.shape[-1]
+    if not 1 <= period < T:
+        raise ValueError(f"period must be between 1 and T - 1 = {T - 1}, got {period}.")
+    i = torch.arange(period, T, device=maps.device)
+    return maps[..., i, i - period + 1].mean(dim=(1, 3)).cpu()
 
 
 # --- the residual stream and the logit lens -----------------------------------------------------

@@ -31,11 +31,16 @@ beam_search(model, src, beam_size=4, length_penalty=1.0, max_new_tokens=None)
 SPECIALS; PAD, BOS, EOS, UNK = 0, 1, 2, 3
 translation_vocab(sentences, min_count=1, max_size=None) -> lmlib.tokenizers.Vocab
 target_words(vocab, ids) -> list[str]          stop at <eos>, skip <pad> and <bos>
-normalize(text), tokenize(text), detokenize(tokens)
+normalize(text), tokenize(text), detokenize(tokens, attach=".,")   (English: attach=".,!?:;")
 read_pairs(lines) -> (pairs, PairReport)   load_pairs(max_lines=None) -> (pairs, PairReport)   ("fra-eng")
 group_split(pairs, fractions, seed) -> (train, val, test)   no sentence shared across splits
 pad_batch(seqs, pad_id, length=None) -> (B, L)
 pair_batches(src, tgt, batch_size, src_pad_id=0, tgt_pad_id=0) -> batch_fn
+
+Decoder-only translation (a GPT reads ``source <sep> target <eos>`` as one sequence):
+decoder_example(src_ids, tgt_ids, sep_id, eos_id) -> (x, y)   y = IGNORE_INDEX on the source and <sep>
+greedy_continue(model, prompts, eos_id, max_new_tokens, batch_size=256) -> list[list[int]]
+    greedy continuations of prompts of any lengths (equal lengths batched, no padding), cut before eos_id
 """
 from __future__ import annotations
 
@@ -50,9 +55,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmlib.attention import LearnedPositions
-from lmlib.data import RowReport, pad_right, random_batches, read_text
-from lmlib.device import eval_mode
-from lmlib.generate import next_token
+from lmlib.data import IGNORE_INDEX, RowReport, pad_right, random_batches, read_text
+from lmlib.device import eval_mode, model_device
+from lmlib.generate import generate, next_token
 from lmlib.model import Block, BlockConfig
 from lmlib.tokenizers import Vocab
 
@@ -61,6 +66,7 @@ Tensor = torch.Tensor
 __all__ = [
     "Seq2SeqConfig", "Seq2Seq", "greedy_decode", "beam_search", "SPECIALS", "PAD", "BOS", "EOS", "UNK", "translation_vocab", "target_words", "normalize", "tokenize",
     "detokenize", "PairReport", "read_pairs", "load_pairs", "group_split", "pad_batch", "pair_batches",
+    "decoder_example", "greedy_continue",
 ]
 
 
@@ -403,12 +409,18 @@ def tokenize(text: str) -> list[str]:
     return _TOKEN.findall(normalize(text))
 
 
-def detokenize(tokens: Iterable[str]) -> str:
-    """Join tokens with spaces, then re-attach apostrophes, hyphens and ``. ,`` to their words."""
+def detokenize(tokens: Iterable[str], attach: str = ".,") -> str:
+    """Join tokens with spaces, then re-attach apostrophes, hyphens and the marks in ``attach`` to their words.
+
+    The default suits French, which writes a space before ``! ? : ;``; English attaches those too
+    (``attach=".,!?:;"``).
+    """
     text = " ".join(tokens)
     text = re.sub(r" ?' ?", "'", text)
     text = re.sub(r" ?- ?", "-", text)
-    return re.sub(r" ([.,])", r"\1", text)
+    if not attach:
+        return text
+    return re.sub(f" ([{re.escape(attach)}])", r"\1", text)
 
 
 #: The translation vocabularies' special tokens and their ids.
@@ -546,3 +558,66 @@ def pair_batches(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], bat
         raise ValueError(f"src and tgt must be non-empty and the same length, got {len(src)} and {len(tgt)}.")
     return random_batches(len(src), batch_size, lambda rows: (pad_batch([src[i] for i in rows], src_pad_id),
                                                                 pad_batch([tgt[i] for i in rows], tgt_pad_id)))
+
+
+# --- decoder-only translation -------------------------------------------------------------------
+
+def _id_list(ids: Iterable[int] | Tensor, name: str) -> list[int]:
+    out = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+    if not out:
+        raise ValueError(f"{name} is empty: a translation example needs at least one source and one target token.")
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in out):
+        raise ValueError(f"{name} must hold non-negative integer token ids, got {out[:8]}.")
+    return out
+
+
+def decoder_example(src_ids: Iterable[int] | Tensor, tgt_ids: Iterable[int] | Tensor, sep_id: int,
+                    eos_id: int) -> tuple[Tensor, Tensor]:
+    """One training example of a decoder-only translator (chapter 5, notebook 02).
+
+    The sequence is ``source <sep> target <eos>``; the example is its next-token pairs ``x = seq[:-1]``,
+    ``y = seq[1:]``, with ``y`` set to :data:`lmlib.data.IGNORE_INDEX` wherever the next token is
+    part of the source or the separator. The loss is then the target's alone, ``<eos>`` included:
+    the first target token is predicted at the separator's position, and the model is never
+    trained to write the source (which it is always given).
+    """
+    src, tgt = _id_list(src_ids, "src_ids"), _id_list(tgt_ids, "tgt_ids")
+    seq = torch.tensor(src + [int(sep_id)] + tgt + [int(eos_id)], dtype=torch.long)
+    x, y = seq[:-1].clone(), seq[1:].clone()
+    y[: len(src)] = IGNORE_INDEX
+    return x, y
+
+
+@torch.no_grad()
+def greedy_continue(model: nn.Module, prompts: Sequence[Sequence[int]], eos_id: int, max_new_tokens: int,
+                    batch_size: int = 256) -> list[list[int]]:
+    """Greedy continuations of token-id prompts by a decoder-only model, each cut before its first ``eos_id``.
+
+    Prompts of equal length are decoded together by :func:`lmlib.generate.generate` (with its KV
+    cache), in batches of up to ``batch_size``; prompts are never padded, so each one sits at
+    exactly the positions it had in training, and the answer is the one each prompt would get
+    alone. A continuation stops at ``eos_id`` (not returned), after ``max_new_tokens`` tokens, or
+    when the context (``model.config.block_size``) is full.
+    """
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    block = model.config.block_size
+    by_length: dict[int, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        if not 1 <= len(prompt) < block:
+            raise ValueError(f"prompt {i} has {len(prompt)} tokens; a prompt needs 1 to {block - 1} "
+                             f"(block_size {block} minus room for one new token).")
+        by_length.setdefault(len(prompt), []).append(i)
+    out: list[list[int]] = [[] for _ in prompts]
+    device = model_device(model)
+    for length, rows in sorted(by_length.items()):
+        steps = min(max_new_tokens, block - length)
+        for k in range(0, len(rows), batch_size):
+            chunk = rows[k: k + batch_size]
+            idx = torch.tensor([list(prompts[i]) for i in chunk], dtype=torch.long, device=device)
+            continued = generate(model, idx, steps, greedy=True, eos_id=eos_id)[:, length:]
+            for i, row in zip(chunk, continued.tolist()):
+                out[i] = _strip(row, eos_id)
+    return out

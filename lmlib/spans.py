@@ -30,6 +30,7 @@ SQuAD data and metrics (the official v1.1 definitions, rewritten)
 Span extraction
     token_offsets(tokenizer, text) -> [(char_start, char_end)] per token
     char_span_to_tokens(offsets, start, end) -> (first_token, last_token) or None
+    context_windows(n_tokens, room, stride=None) -> [(start, end)]   overlapping windows covering n_tokens
     QAFeature; qa_features(tokenizer, example, sep_id, max_len, max_question, stride)
     GPTSpanExtractor(gpt, pad_id, sep_id, dropout=0.0): forward(x, targets (B, 2)) -> (logits (B, T, 2), loss)
     span_batches(features, batch_size, pad_id) -> batch_fn   over the features that hold their answer
@@ -60,7 +61,7 @@ __all__ = [
     "bio_labels", "bio_to_spans", "spans_to_bio", "entity_scores", "encode_words", "align_labels",
     "word_predictions", "GPTTokenClassifier", "tagging_batches", "pad_rows", "SquadExample", "SquadReport",
     "load_squad", "normalize_answer", "exact_match", "token_f1", "squad_scores", "token_offsets",
-    "char_span_to_tokens", "QAFeature", "qa_features", "GPTSpanExtractor", "span_batches",
+    "char_span_to_tokens", "context_windows", "QAFeature", "qa_features", "GPTSpanExtractor", "span_batches",
     "best_span", "predict_answers",
 ]
 
@@ -477,6 +478,28 @@ def char_span_to_tokens(offsets: Sequence[tuple[int, int]], start: int, end: int
     return (hit[0], hit[-1]) if hit else None
 
 
+def context_windows(n_tokens: int, room: int, stride: int | None = None) -> list[tuple[int, int]]:
+    """Token windows ``(start, end)`` (end exclusive) of at most ``room`` tokens that cover ``n_tokens``.
+
+    Windows start every ``stride`` tokens (default: half a window, ``room // 2``) until one reaches
+    the end; consecutive windows overlap by ``room - stride`` tokens, so an answer cut by one
+    window's edge lies whole inside a neighbour as long as it is at most that long. A text that
+    fits gets one window.
+    """
+    stride = room // 2 if stride is None else stride
+    if n_tokens < 1 or room < 1:
+        raise ValueError(f"need n_tokens >= 1 and room >= 1, got n_tokens={n_tokens}, room={room}.")
+    if not 1 <= stride <= room:
+        raise ValueError(f"stride must be between 1 and room={room} (no token may be skipped), got {stride}.")
+    out, w0 = [], 0
+    while True:
+        w1 = min(w0 + room, n_tokens)
+        out.append((w0, w1))
+        if w1 == n_tokens:
+            return out
+        w0 += stride
+
+
 @dataclass
 class QAFeature:
     """One model input: question tokens, the separator, then a window of the context's tokens.
@@ -500,7 +523,7 @@ def qa_features(tokenizer, example: SquadExample, sep_id: int, max_len: int, max
     The question comes first: in a causal model a context token can attend to the question only
     if the question is before it. A context longer than ``max_len - len(question) - 1`` tokens is
     cut into overlapping windows that start every ``stride`` tokens (default: half a window; the
-    last window reaches the end).
+    last window reaches the end; see :func:`context_windows`).
     The first gold answer gives the target of each window that contains it.
     """
     q = tokenizer.encode_list(example.question)[:max_question]
@@ -514,16 +537,12 @@ def qa_features(tokenizer, example: SquadExample, sep_id: int, max_len: int, max
     answer = char_span_to_tokens(offsets, start_char, start_char + len(example.answers[0]))
     if not ctx_ids:
         raise ValueError(f"question {example.id!r} has an empty context.")
-    out, w0 = [], 0
-    while True:
-        w1 = min(w0 + room, len(ctx_ids))
+    out = []
+    for w0, w1 in context_windows(len(ctx_ids), room, stride):
         target = None
         if answer is not None and w0 <= answer[0] and answer[1] < w1:
             target = (len(q) + 1 + answer[0] - w0, len(q) + 1 + answer[1] - w0)
         out.append(QAFeature(example.id, q + [sep_id] + ctx_ids[w0:w1], len(q) + 1, offsets[w0:w1], target))
-        if w1 == len(ctx_ids):
-            break
-        w0 += stride
     return out
 
 

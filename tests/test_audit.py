@@ -207,3 +207,81 @@ def test_noise_curve():
     assert curve.accuracy[2] == pytest.approx(0.5, abs=0.05)
     with pytest.raises(ValueError, match="one label per text"):
         P.noise_curve(keyword, texts, labels[:3], P.typos, [0.0], progress=False)
+
+
+# --- corpus counts and whole-text likelihoods ----------------------------------------------------
+
+def test_corpus_counts_agree_with_cooccurrence_and_never_cross_documents():
+    docs = ["The nurse said she was tired. He left.", "She met the nurse; he didn't.", "Nurse, nurse!"]
+    counts = P.corpus_counts(docs, ["nurse"], ["he", "she"], window=3)
+    for doc_words, doc in zip([P.words_of(d) for d in docs], docs):
+        assert doc_words == [w for w in doc.lower().replace(";", " ").replace(",", " ").replace(".", " ")
+                             .replace("!", " ").replace("'", " ").split()]
+    by_doc = [P.cooccurrence(P.words_of(d), ["nurse"], ["he", "she"], window=3) for d in docs]
+    for c in ("he", "she"):
+        assert counts.near["nurse"][c] == sum(d["nurse"][c] for d in by_doc)
+    # joined into one word list, the last "he" of doc 2 would be 3 words from doc 3's first "nurse"
+    joined = P.cooccurrence([w for d in docs for w in P.words_of(d)], ["nurse"], ["he"], window=3)
+    assert joined["nurse"]["he"] > counts.near["nurse"]["he"]
+    assert counts.totals == {"nurse": 4, "he": 2, "she": 2}
+    assert counts.n_docs == 3 and counts.n_words == sum(len(P.words_of(d)) for d in docs)
+
+
+def test_corpus_counts_a_word_is_not_its_own_context():
+    counts = P.corpus_counts(["he he x he"], ["he"], ["he"], window=1)
+    assert counts.near["he"]["he"] == 2  # the pair (0, 1) seen from both sides; position 3 has no "he" next to it
+
+
+def test_corpus_counts_refuse_bad_input():
+    with pytest.raises(ValueError, match="lowercase words"):
+        P.corpus_counts(["a b"], ["Nurse"], ["he"])
+    with pytest.raises(ValueError, match="window"):
+        P.corpus_counts(["a b"], ["a"], ["b"], window=0)
+    with pytest.raises(TypeError, match="list of documents"):
+        P.corpus_counts("the nurse", ["nurse"], ["he"])
+
+
+def test_text_nll_scores_every_token_once_whatever_the_window(small_lm):
+    model, tok = small_lm  # block_size 32
+    texts = ["The nurse said that she was tired . " * 6, "The engineer", ""]
+    nll, n = P.text_nll(model, tok, texts)
+    model.eval()
+    with torch.no_grad():
+        for text, got, count in zip(texts, nll, n):
+            ids = tok.encode(text)
+            assert count == max(0, len(ids) - 1)
+            if len(ids) < 2:
+                assert got == 0
+                continue
+            # reference: score token t from the (up to) block_size tokens of its window, one at a time
+            want, lo = 0.0, 0
+            while lo < len(ids) - 1:
+                chunk = ids[lo: lo + 33]
+                logp = F.log_softmax(model(chunk[None, :-1])[0][0].double(), -1)
+                want -= logp.gather(-1, chunk[1:, None]).sum().item()
+                lo += 32
+            assert len(ids) > 33 or text != texts[0]
+            torch.testing.assert_close(got.item(), want)
+
+
+def test_text_nll_with_a_prefix_scores_the_first_token_too(small_lm):
+    model, tok = small_lm
+    nll, n = P.text_nll(model, tok, ["The nurse"], prefix="The")
+    ids = tok.encode("The").tolist() + tok.encode("The nurse").tolist()
+    assert n.tolist() == [len(tok.encode("The nurse"))]
+    model.eval()
+    with torch.no_grad():
+        logp = F.log_softmax(model(torch.tensor(ids)[None, :-1])[0][0].double(), -1)
+    k = len(tok.encode("The"))
+    want = -sum(logp[t - 1, ids[t]].item() for t in range(k, len(ids)))
+    torch.testing.assert_close(nll[0].item(), want)
+    batched, _ = P.text_nll(model, tok, ["The nurse", "The engineer said"] * 5, prefix="The", batch_size=3)
+    torch.testing.assert_close(batched[0].item(), want)
+
+
+def test_text_nll_refuses_a_string_and_a_long_prefix(small_lm):
+    model, tok = small_lm
+    with pytest.raises(TypeError, match="list of strings"):
+        P.text_nll(model, tok, "The nurse")
+    with pytest.raises(ValueError, match="prefix"):
+        P.text_nll(model, tok, ["x"], prefix="The nurse said that she was tired . " * 8)

@@ -148,6 +148,22 @@ def test_batches_are_trimmed_and_reproducible():
     assert torch.equal(x, x2)
 
 
+def test_predict_batches_short_rows_together_and_keeps_the_order():
+    clf = classify.GPTClassifier(tiny_gpt(), 3, pad_id=PAD).eval()
+    gen = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(1, 20, (int(n),), generator=gen) for n in torch.randint(1, 16, (23,), generator=gen)]
+    ids = classify.pad_batch(seqs, PAD, max_len=16)
+    one_by_one = torch.cat([clf(s[None])[0] for s in seqs])
+    torch.testing.assert_close(classify.predict(clf, ids, batch_size=4, pad_id=PAD), one_by_one)
+    torch.testing.assert_close(classify.predict(clf, ids, batch_size=50), one_by_one)  # no pad_id: untrimmed
+    widths = []
+    clf.register_forward_pre_hook(lambda module, args: widths.append(args[0].shape[1]))
+    classify.predict(clf, ids, batch_size=4, pad_id=PAD)
+    assert widths == sorted(widths) and widths[0] < widths[-1] == ids.shape[1]  # shortest first, each trimmed
+    with pytest.raises(ValueError, match="batch_size"):
+        classify.predict(clf, ids, batch_size=0)
+
+
 def test_gpt2_layout_fits_the_classifier():
     transformers = pytest.importorskip("transformers")
     from lmlib.pretrained import config_from_hf, gpt_from_hf_state_dict

@@ -1,5 +1,7 @@
 """lmlib.compress (chapter 6): quantization, pruning, distillation, model size; and its checkers."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -103,6 +105,36 @@ def test_magnitude_prune(scope):
         C.magnitude_prune(model, 1.0)
     with pytest.raises(ValueError, match="scope"):
         C.magnitude_prune(model, 0.1, scope="row")
+
+
+def test_drop_blocks_keeps_the_other_layers():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=17, n_layer=3, n_head=2, n_embd=16, block_size=8)).eval()
+    x = torch.randint(0, 17, (2, 8))
+    ref = model(x)[0]
+    student = C.drop_blocks(model, [1])
+    assert len(student.blocks) == 2 and student.config.n_layer == 2
+    assert len(model.blocks) == 3 and model.config.n_layer == 3  # the original is untouched
+    torch.testing.assert_close(student.blocks[1].mlp.fc.weight, model.blocks[2].mlp.fc.weight)
+    assert student.blocks[1].mlp.fc.weight is not model.blocks[2].mlp.fc.weight  # a copy, not shared
+    assert student.lm_head.weight is student.wte.weight  # tying survives the copy
+    assert C.model_size_bytes(student) < C.model_size_bytes(model)
+
+    class Skip(nn.Module):  # a block that passes its input through
+        def forward(self, x, cache=None):
+            return x
+
+    by_hand = copy.deepcopy(model)
+    by_hand.blocks[1] = Skip()
+    torch.testing.assert_close(student(x)[0], by_hand(x)[0])
+    assert not torch.allclose(student(x)[0], ref)
+    torch.testing.assert_close(C.drop_blocks(model, [])(x)[0], ref)
+    with pytest.raises(ValueError, match="out of range"):
+        C.drop_blocks(model, [3])
+    with pytest.raises(ValueError, match="keep at least one"):
+        C.drop_blocks(model, [0, 1, 2])
+    with pytest.raises(ValueError, match="blocks"):
+        C.drop_blocks(nn.Linear(2, 2), [0])
 
 
 def test_distillation_loss_limits():

@@ -46,6 +46,18 @@ def test_each_quality_rule_fires_on_its_case(text, rule):
     assert set(corpus.quality_problems(text)) <= set(corpus.QUALITY_RULES)
 
 
+def test_quality_measures_are_what_the_rules_judge():
+    m = corpus.quality_measures("The cat #1 sat... on the mat of 2024 with 99 friends")
+    assert m["words"] == 12 and m["stop_words"] == 3  # the, of, with
+    assert m["symbols_per_word"] == pytest.approx(2 / 12) and m["alphabetic_share"] == pytest.approx(9 / 12)
+    assert m["digit_share"] == pytest.approx(7 / sum(len(w) for w in "The cat #1 sat... on the mat of 2024 with 99 friends".split()))
+    assert corpus.quality_measures("   ") == dict(words=0, mean_word_length=0.0, symbols_per_word=0.0,
+                                                alphabetic_share=0.0, stop_words=0, digit_share=0.0)
+    assert corpus.quality_problems("") == ["too short"]
+    body = corpus.quality_measures(BODY)
+    assert body["words"] >= 50 and 3 <= body["mean_word_length"] <= 10 and body["stop_words"] >= 2
+
+
 def test_clean_document_passes_every_rule():
     assert corpus.quality_problems(BODY) == []
 

@@ -18,6 +18,17 @@ def test_normalize_and_exact_duplicates():
     assert dedup.exact_duplicates(docs) == [[0, 1, 3]]
 
 
+def test_normalize_replaces_every_kind_of_punctuation_by_a_space():
+    import unicodedata
+
+    text = "\u00bfQu\u00e9?\u2014dijo\u2026 \u300c\u6771\u4eac\u300d (a-b) [c]_d \u00ab\u00e9t\u00e9\u00bb Stra\u00dfe \u0130 'x' $5 + 3 = 8"
+    by_char = "".join(" " if unicodedata.category(ch).startswith("P") else ch
+                      for ch in unicodedata.normalize("NFC", text).lower())
+    assert dedup.normalize(text) == " ".join(by_char.split())
+    assert dedup.normalize(text) == dedup.normalize(text)  # the cached table gives the same answer twice
+    assert "$5 + 3 = 8" in dedup.normalize(text)  # symbols (category S) are not punctuation
+
+
 def test_shingles_and_jaccard():
     assert dedup.shingles("a b c d", n=2) == {"a b", "b c", "c d"}
     assert dedup.shingles("a b", n=5) == {"a b"}

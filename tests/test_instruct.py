@@ -153,3 +153,25 @@ def test_loaders_count_rows():
     assert report.lines == 175 and len(tasks) == report.kept
     with pytest.raises(ValueError, match="splits"):
         I.load_gsm8k("dev")
+
+
+def test_response_nll_is_a_per_token_mean_independent_of_batching():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=TOK.vocab_size, block_size=96, n_layer=1, n_head=2, n_embd=16)).train()
+    ex = [I.encode_example(TOK.encode, TPL.prompt(q), r, TPL.end)
+          for q, r in (("add 1 and 2", "3"), ("name a colour", "blue"), ("say a long word", "extraordinary"))]
+    X, Y = I.pad_examples(ex, pad_id=0)
+    with torch.no_grad():
+        expected = lm_loss(model.eval()(X)[0], Y).item()  # the mean over every response token of the batch
+    model.train()
+    for batch_size in (1, 2, 64):
+        assert I.response_nll(model, ex, pad_id=0, batch_size=batch_size) == pytest.approx(expected, rel=1e-5)
+    # the padding id does not matter, and the model comes back in the mode it was in
+    assert I.response_nll(model, ex, pad_id=5) == pytest.approx(expected, rel=1e-5)
+    assert model.training
+    # a token-weighted mean: each example weighs by its number of response tokens
+    counts = [int((y != I.IGNORE_INDEX).sum()) for _, y in ex]
+    weighted = sum(n * I.response_nll(model, [e], 0) for n, e in zip(counts, ex)) / sum(counts)
+    assert weighted == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="at least one example"):
+        I.response_nll(model, [], 0)

@@ -208,3 +208,50 @@ def test_ablation_hook_is_removed_after_an_error():
         with I.ablate_head(model, 0, 0):
             raise RuntimeError("boom")
     assert no_hooks_left(model)
+
+
+# --- previous-token and induction scores ---------------------------------------------------------
+
+def _maps_from(weights: torch.Tensor) -> torch.Tensor:
+    return weights[None, None, None]  # (1 layer, 1 batch, 1 head, T, T)
+
+
+def test_previous_token_scores_of_known_patterns():
+    T = 6
+    prev = torch.zeros(T, T)
+    prev[0, 0] = 1
+    prev[torch.arange(1, T), torch.arange(T - 1)] = 1
+    uniform = torch.tril(torch.ones(T, T)) / torch.arange(1, T + 1)[:, None]
+    assert I.previous_token_scores(_maps_from(prev)).item() == 1.0
+    want = sum(1 / (i + 1) for i in range(1, T)) / (T - 1)
+    assert math.isclose(I.previous_token_scores(_maps_from(uniform)).item(), want, rel_tol=1e-6)
+    model = make_model()
+    maps = I.attention_maps(model, ids())
+    scores = I.previous_token_scores(maps)
+    assert scores.shape == (model.config.n_layer, model.config.n_head)
+    torch.testing.assert_close(scores, maps.diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=(1, 3)))
+
+
+def test_repeated_tokens_repeat_and_avoid_excluded_ids():
+    rep = I.repeated_tokens(5, 7, 23, generator=torch.Generator().manual_seed(0), exclude=[0, 22])
+    assert rep.shape == (5, 14)
+    assert torch.equal(rep[:, :7], rep[:, 7:])
+    assert not ((rep == 0) | (rep == 22)).any()
+    assert all(len(set(r[:7].tolist())) == 7 for r in rep)  # distinct within a half
+    with pytest.raises(ValueError):
+        I.repeated_tokens(1, 22, 23, exclude=[0, 1])
+
+
+def test_induction_scores_find_a_perfect_induction_pattern():
+    P, T = 4, 8
+    w = torch.zeros(T, T)
+    w[torch.arange(T), 0] = 1  # first half: everything on position 0
+    for i in range(P, T):
+        w[i] = 0
+        w[i, i - P + 1] = 1  # the token after my last occurrence
+    assert I.induction_scores(_maps_from(w), P).item() == 1.0
+    assert I.induction_scores(_maps_from(torch.eye(T)), P).item() == 0.0
+    with pytest.raises(ValueError, match="period"):
+        I.induction_scores(_maps_from(w), T)
+    with pytest.raises(ValueError, match="attention weights"):
+        I.induction_scores(w, P)

@@ -289,6 +289,10 @@ def test_normalize_tokenize_detokenize():
     assert s.tokenize("Laisse-le s'en aller\u00a0!") == ["laisse", "-", "le", "s", "'", "en", "aller", "!"]
     for text in ("c'est peut-être vrai.", "qui ?", "je l'ai vu, hier."):
         assert s.detokenize(s.tokenize(text)) == text
+    english = ".,!?:;"
+    for text in ("who?", "i'm cold.", "run!", "well, it's a deal: yes; no."):
+        assert s.detokenize(s.tokenize(text), attach=english) == text
+    assert s.detokenize(["qui", "?"], attach="") == "qui ?" and s.detokenize(["a", "."], attach="") == "a ."
 
 
 def test_vocab_round_trip_and_specials():
@@ -333,3 +337,74 @@ def test_pad_batch_and_pair_batches():
     fn = s.pair_batches([[5, 6], [7]], [[3, EOS], [4, 4, EOS]], batch_size=4)
     x, y = fn(torch.Generator().manual_seed(0))
     assert x.shape[0] == y.shape[0] == 4 and (y == EOS).sum() == 4
+
+
+# --- decoder-only translation -------------------------------------------------------------------
+
+def tiny_gpt(vocab: int = 12, block: int = 24):
+    from lmlib.model import GPT, GPTConfig
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=vocab, block_size=block, n_layer=1, n_head=2, n_embd=16, dropout=0.0)).eval()
+
+
+def test_decoder_example_masks_the_source_and_the_separator():
+    from lmlib.data import IGNORE_INDEX
+    x, y = s.decoder_example([5, 6, 7], torch.tensor([8, 9]), sep_id=1, eos_id=2)
+    assert x.tolist() == [5, 6, 7, 1, 8, 9]
+    assert y.tolist() == [IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 8, 9, 2]
+    # the first target token is predicted at the separator, <eos> at the last target token
+    assert x[3] == 1 and y[3] == 8 and y[-1] == 2
+    # same layout as the instruction-tuning masks, with the source and <sep> as the prompt
+    import lmlib.instruct
+    ref = lmlib.instruct.sft_targets(torch.tensor([5, 6, 7, 1, 8, 9, 2]), prompt_len=4)
+    assert torch.equal(ref[0], x) and torch.equal(ref[1], y)
+    for bad in ([], [1, -3]):
+        with pytest.raises(ValueError, match="src_ids"):
+            s.decoder_example(bad, [8], 1, 2)
+    with pytest.raises(ValueError, match="tgt_ids"):
+        s.decoder_example([5], [], 1, 2)
+
+
+def test_greedy_continue_equals_one_prompt_at_a_time():
+    model, gen = tiny_gpt(), torch.Generator().manual_seed(3)
+    prompts = [ids(gen, 3, 12, (int(ids(gen, 1, 6, (1,))),)).tolist() for _ in range(9)]
+    eos = 2
+    out = s.greedy_continue(model, prompts, eos_id=eos, max_new_tokens=6, batch_size=2)
+    assert len(out) == len(prompts)
+    for prompt, got in zip(prompts, out):
+        alone = lmlib.generate.generate(model, torch.tensor([prompt]), 6, greedy=True, use_cache=False)[0, len(prompt):]
+        alone = alone.tolist()
+        expected = alone[: alone.index(eos)] if eos in alone else alone
+        assert got == expected and eos not in got and len(got) <= 6
+
+
+def test_greedy_continue_stops_at_eos_and_at_the_context():
+    model = tiny_gpt(block=8)
+    with torch.no_grad():  # make the model always predict token 5, then check the stops
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[5] += 1.0
+        model.ln_f.weight.zero_()
+        model.ln_f.bias.fill_(1.0)
+    assert s.greedy_continue(model, [[3, 4]], eos_id=5, max_new_tokens=4) == [[]]
+    assert s.greedy_continue(model, [[3, 4]], eos_id=2, max_new_tokens=3) == [[5, 5, 5]]
+    assert s.greedy_continue(model, [[3] * 6], eos_id=2, max_new_tokens=5) == [[5, 5]]  # block_size 8
+    with pytest.raises(ValueError, match="prompt 1 has 0 tokens"):
+        s.greedy_continue(model, [[3], []], eos_id=2, max_new_tokens=2)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        s.greedy_continue(model, [[3]], eos_id=2, max_new_tokens=0)
+
+
+def test_a_decoder_only_model_learns_to_reverse_with_the_target_only_loss():
+    import lmlib.instruct
+    gen = torch.Generator().manual_seed(4)
+    SEP, EOT = 1, 2
+    src = [ids(gen, 3, 8, (int(ids(gen, 2, 4, (1,))),)).tolist() for _ in range(200)]
+    examples = [s.decoder_example(x, list(reversed(x)), SEP, EOT) for x in src]
+    model = tiny_gpt(vocab=8, block=16)
+    model.train()
+    trainer = Trainer(model, TrainConfig(max_steps=150, lr=1e-2, warmup_steps=5, eval_every=None, log_every=50,
+                                         progress=False), lmlib.instruct.sft_batches(examples, 32, pad_id=EOT))
+    history = trainer.fit()
+    assert history.train_loss[-1] < 0.5 * history.train_loss[0]
+    out = s.greedy_continue(model, [x + [SEP] for x in src[:50]], eos_id=EOT, max_new_tokens=6)
+    assert sum(o == list(reversed(x)) for o, x in zip(out, src[:50])) >= 40

@@ -221,6 +221,29 @@ def test_qa_features_windows_cover_the_context(tok):
         sp.qa_features(tok, _example(context, "Denver Broncos"), sep, max_len=12, max_question=10)
 
 
+@pytest.mark.parametrize("n, room, stride", [(1, 5, None), (5, 5, None), (6, 5, None), (23, 8, 3), (23, 8, 8),
+                                             (100, 10, 1), (7, 4, 2)])
+def test_context_windows_cover_every_token_in_order(n, room, stride):
+    windows = sp.context_windows(n, room, stride)
+    step = room // 2 if stride is None else stride
+    assert windows[0][0] == 0 and windows[-1][1] == n
+    assert all(0 < b - a <= room for a, b in windows)
+    assert [a for a, _ in windows] == [step * k for k in range(len(windows))]
+    assert all(b0 >= a1 for (_, b0), (a1, _) in zip(windows, windows[1:]))  # no gap
+    assert all(b < n for _, b in windows[:-1])  # stops at the first window that reaches the end
+    assert sorted({t for a, b in windows for t in range(a, b)}) == list(range(n))
+
+
+def test_context_windows_by_hand_and_errors():
+    assert sp.context_windows(10, 4) == [(0, 4), (2, 6), (4, 8), (6, 10)]
+    assert sp.context_windows(9, 4, stride=3) == [(0, 4), (3, 7), (6, 9)]
+    assert sp.context_windows(3, 4) == [(0, 3)]
+    for bad in (dict(n_tokens=0, room=4), dict(n_tokens=5, room=0), dict(n_tokens=5, room=4, stride=5),
+                dict(n_tokens=5, room=1)):  # room 1: the default stride 0 would never move
+        with pytest.raises(ValueError):
+            sp.context_windows(**bad)
+
+
 def test_span_extractor_masks_and_question_first(tok):
     pad, sep = tok.special_tokens["<|pad|>"], tok.special_tokens["<|sep|>"]
     model = sp.GPTSpanExtractor(tiny_gpt(tok.vocab_size), pad, sep).eval()
