@@ -57,7 +57,9 @@ def benchmark_results(name: str, url: str | None = None) -> dict:
     here = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / f"{name}.json"
     if here.is_file():
         return json.loads(here.read_text())
-    url = url or RESULTS_URL.format(name=name)
+    from lmlib.data import download_url
+
+    url = url or download_url(RESULTS_URL.format(name=name))
     try:
         with urllib.request.urlopen(url, timeout=30) as response:
             return json.loads(response.read())

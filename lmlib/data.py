@@ -10,8 +10,9 @@ Derived in chapter 1 ("What a language model is") and used by every chapter afte
    own released models are committed (``models/<name>/<file>``);
 3. the cache (``LMLIB_CACHE``; else ``data/cache`` inside a clone of the course, else
    ``~/.cache/lmlib``);
-4. a download from the file's public home, with a progress bar, resumed if it was interrupted,
-   checked against the registry's sha256, then moved into the cache atomically.
+4. a download from the file's public home (or, with ``LMLIB_MIRROR_URL`` set, from a web server
+   that mirrors the public homes: :func:`download_url`), with a progress bar, resumed if it was
+   interrupted, checked against the registry's sha256, then moved into the cache atomically.
 
 Downloads are safe to run side by side: one process at a time fetches a given file (it holds
 ``<file>.lock`` beside the cache entry), and the others wait and then use its result. Each
@@ -35,6 +36,7 @@ import tarfile
 import time
 import tomllib
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 import zlib
@@ -241,6 +243,23 @@ def path(name: str, file: str | None = None, *, download: bool = True, deadline:
     return fetch(spec, target, deadline=deadline)
 
 
+MIRROR_URL_ENV = "LMLIB_MIRROR_URL"
+
+
+def download_url(url: str) -> str:
+    """Where the registry's ``url`` is fetched from: the URL itself, or, with ``LMLIB_MIRROR_URL``
+    set (a web server that mirrors the public homes, for example inside a network without internet
+    access), that server's copy at ``<LMLIB_MIRROR_URL>/<host>/<path>``. Checked by the same sha256."""
+    base = os.environ.get(MIRROR_URL_ENV, "").strip().rstrip("/")
+    if not base:
+        return url
+    if not base.startswith(("http://", "https://")):
+        raise DataError(f"{MIRROR_URL_ENV}={base!r} is not an http(s) URL: set it to a server's base URL "
+                        "(for example http://mirror.example:8000) or unset it.")
+    parts = urllib.parse.urlsplit(url)
+    return f"{base}/{parts.netloc}{parts.path}" + (f"?{parts.query}" if parts.query else "")
+
+
 DEADLINE_ENV = "LMLIB_DOWNLOAD_DEADLINE"
 DEFAULT_DEADLINE = 3600.0  # seconds; the largest registered file takes seconds on a working line
 
@@ -279,7 +298,7 @@ def fetch(spec: DataFile, target: Path, *, deadline: float | None = None) -> Pat
             if target.is_file() and cached_sha256(target) == spec.sha256:
                 return target  # another process fetched it while this one waited
             if spec.member is None:
-                _download(spec.url, part, spec, target, clock, size=spec.size)
+                _download(download_url(spec.url), part, spec, target, clock, size=spec.size)
                 _check_and_place(part, spec, target)
             else:
                 _fetch_member(spec, target, part, clock)
@@ -375,7 +394,7 @@ def _fetch_member(spec: DataFile, target: Path, extracted: Path, clock: _Deadlin
     archive = archive_dir / _archive_name(spec.url)
     with _exclusive(archive, clock, spec) as part:
         if not archive.is_file():
-            _download(spec.url, part, spec, target, clock, size=None)
+            _download(download_url(spec.url), part, spec, target, clock, size=None)
             os.replace(part, archive)
         try:
             try:

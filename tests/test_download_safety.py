@@ -301,3 +301,18 @@ def test_a_trickling_download_stops_at_its_deadline_and_keeps_the_partial_file(c
     host.modes["/input.txt"] = "ok"
     assert data.sha256_of(data.path("tinyshakespeare", deadline=20)) == SHA
     assert int(host.requests[-1][1][6:-1]) >= kept and _leftovers(cache) == []  # resumed
+
+
+def test_a_mirror_url_serves_the_public_homes(cache, server, monkeypatch):
+    base, handler = server
+    spec = _register(monkeypatch, "https://example.org/data/input.txt?raw=1")
+    handler.routes["/example.org/data/input.txt?raw=1"] = PAYLOAD
+    monkeypatch.setenv(data.MIRROR_URL_ENV, base + "/")
+    assert data.download_url(spec.url) == f"{base}/example.org/data/input.txt?raw=1"
+    assert data.path("tinyshakespeare").read_bytes() == PAYLOAD
+    assert [route for route, _ in handler.requests] == ["/example.org/data/input.txt?raw=1"]
+    monkeypatch.setenv(data.MIRROR_URL_ENV, "mirror.example")
+    with pytest.raises(data.DataError, match="LMLIB_MIRROR_URL='mirror.example' is not an http"):
+        data.download_url(spec.url)
+    monkeypatch.delenv(data.MIRROR_URL_ENV)
+    assert data.download_url(spec.url) == spec.url
