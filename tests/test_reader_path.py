@@ -82,7 +82,7 @@ def test_a_notebook_as_a_reader_runs_it(colab, mirror, server, tmp_path):
                MPLBACKEND="Agg", PATH=f"{colab.parent}{os.pathsep}{env.get('PATH', '')}")
 
     _run_notebook(colab, work / NOTEBOOK.name, env)
-    installed = subprocess.run([str(colab), "-c", "import lmlib, sys; print(lmlib.__file__)"], env=env,
+    installed = subprocess.run([str(colab), "-c", "import lmlib; print(lmlib.__file__)"], env=env, cwd=work,
                                capture_output=True, text=True, check=True).stdout
     assert str(ROOT) not in installed, "the notebook must use the course installed by its setup cell"
     fetched = [route for route, _ in handler.requests]
