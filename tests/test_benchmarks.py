@@ -100,11 +100,11 @@ def test_gpt2_tokenizer_checks_ids_against_hugging_face(tmp_path, mirror):
 
 def test_course_gpt_sizing_reports_tokens_per_parameter(tmp_path):
     out = tmp_path / "sizing.json"
-    run_script("course_gpt_sizing.py", "--steps", "1", "--sizes", "2", "--minutes", "1", "--out", str(out))
+    run_script("course_gpt_sizing.py", "--steps", "1", "--sizes", "2", "--minutes", "1", "--precision", "bf16", "--out", str(out))
     result = json.loads(out.read_text())
     assert [(r["n_layer"], r["n_embd"]) for r in result["rows"]] == [(3, 192), (4, 256)]
     assert all(r["tokens_per_param"] == r["budget_tokens"] / r["params"] for r in result["rows"])
-    assert result["chinchilla_choice"] in result["rows"]
+    assert result["chinchilla_choice"] in result["rows"] and result["precision"] == "bf16"
 
 
 @pytest.mark.parametrize("script", ["train_char_gpt.py", "peak_memory.py", "generate_kv_cache.py", "train_ladder.py",
