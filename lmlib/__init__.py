@@ -17,7 +17,8 @@ The package is flat, but its modules form three layers (:data:`LAYERS`; a test k
   privacy, bias audits and interpretability (6). They import the core and each other, never the
   book plumbing.
 - **book**, the plumbing of the website and its exercises: glue, plots, widgets, the shared
-  training recipes, and the exercise checkers. These may import anything.
+  training recipes, the chat assistant made from the released course model (``chat``, which loads
+  releases through ``recipes``), and the exercise checkers. These may import anything.
 """
 import importlib
 
@@ -31,7 +32,7 @@ LAYERS = {
              "checkpoint", "train"),
     "applications": ("ngram", "rnn", "dedup", "corpus", "pretrained", "hub", "llama2c", "classify", "seq2seq",
                      "instruct", "lora", "spans", "compress", "cost", "privacy", "audit", "interpret"),
-    "book": ("book", "plot", "widgets", "recipes", "exercises"),
+    "book": ("book", "plot", "widgets", "recipes", "chat", "exercises"),
 }
 
 

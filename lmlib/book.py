@@ -57,7 +57,7 @@ def benchmark_results(name: str, url: str | None = None) -> dict:
     here = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / f"{name}.json"
     if here.is_file():
         return json.loads(here.read_text())
-    from lmlib.data import download_url
+    from lmlib.data import download_url  # lazy: `import lmlib` loads this module and must not load torch
 
     url = url or download_url(RESULTS_URL.format(name=name))
     try:

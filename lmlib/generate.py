@@ -17,6 +17,10 @@ generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, gr
     ``max_new_tokens``, or when every sequence has produced ``eos_id`` (finished sequences are
     padded with ``eos_id``). Inputs longer than ``model.config.block_size`` are cropped to the
     last ``block_size`` tokens, with or without the cache, so both paths give the same tokens.
+next_logits(model, idx, cache=None, n_new=1) -> (logits (B, V), cache)
+    one step of :func:`generate`'s cached loop: the logits after ``idx`` (B, T), feeding only its
+    last ``n_new`` tokens through ``cache``, or a fresh cache from the cropped context. Chapter 5's
+    chat loop (:func:`lmlib.chat.reply`) steps with it and inserts a calculator's tokens.
 beam_search(logits_fn, idx, max_new_tokens, beam_size=4, eos_id=None, length_penalty=1.0,
             block_size=None) -> (ids (1, T + n), score)
     ``logits_fn(ids (beams, T)) -> logits (beams, T, V)`` or a GPT-like model returning
@@ -39,7 +43,7 @@ from lmlib.device import eval_mode
 
 Tensor = torch.Tensor
 
-__all__ = ["top_k_filter", "top_p_filter", "next_token", "generate", "beam_search", "lm_logits",
+__all__ = ["top_k_filter", "top_p_filter", "next_token", "next_logits", "generate", "beam_search", "lm_logits",
            "target_logprobs", "continuation_logprob"]
 
 
@@ -105,6 +109,32 @@ def _check_idx(idx: Tensor) -> None:
 
 
 @torch.no_grad()
+def next_logits(model: torch.nn.Module, idx: Tensor, cache: list | None = None,
+                n_new: int = 1) -> tuple[Tensor, list]:
+    """The logits (B, V) of the token after ``idx`` (B, T), and the KV cache that now holds ``idx``.
+
+    ``cache`` holds the keys and values of every token of ``idx`` but the last ``n_new``; only
+    those are run through the model. Without a cache, or when the new tokens would not fit in
+    ``model.config.block_size``, a fresh cache is filled from the last ``block_size`` tokens (a
+    model with learned positions must shift every position then). A loop that appends sampled
+    tokens (``n_new=1``) or tokens of its own choosing (a tool's output) calls this at every step,
+    inside :func:`lmlib.device.eval_mode` as :func:`generate` does (no gradients are kept).
+    """
+    _check_idx(idx)
+    block_size = model.config.block_size
+    if cache is None or cache[0].length + n_new > block_size:
+        cache = model.new_cache()  # (re)fill from the cropped context
+        logits, _ = model(idx[:, -block_size:], cache=cache)
+    else:
+        if not 1 <= n_new <= idx.shape[1] or cache[0].length != idx.shape[1] - n_new:
+            raise ValueError(f"the cache holds {cache[0].length} tokens, but idx has {idx.shape[1]} of which "
+                             f"n_new={n_new} are new: pass the cache that holds all of idx but its last "
+                             "n_new tokens.")
+        logits, _ = model(idx[:, -n_new:], cache=cache)
+    return logits[:, -1, :], cache
+
+
+@torch.no_grad()
 def generate(
     model: torch.nn.Module,
     idx: Tensor,
@@ -136,14 +166,10 @@ def generate(
     with eval_mode(model):
         for _ in range(max_new_tokens):
             if use_cache:
-                if cache is None or cache[0].length + 1 > block_size:
-                    cache = model.new_cache()  # (re)fill from the cropped context
-                    logits, _ = model(idx[:, -block_size:], cache=cache)
-                else:
-                    logits, _ = model(idx[:, -1:], cache=cache)
+                logits, cache = next_logits(model, idx, cache)
             else:
-                logits, _ = model(idx[:, -block_size:])
-            nxt = next_token(logits[:, -1, :], temperature, top_k, top_p, greedy, generator)
+                logits = model(idx[:, -block_size:])[0][:, -1, :]
+            nxt = next_token(logits, temperature, top_k, top_p, greedy, generator)
             if eos_id is not None:
                 nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
                 done = done | (nxt == eos_id)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmlib.generate import beam_search, generate, next_token, top_k_filter, top_p_filter
+from lmlib.generate import beam_search, generate, next_logits, next_token, top_k_filter, top_p_filter
 from lmlib.model import GPT, GPTConfig
 
 
@@ -65,6 +65,21 @@ def test_cache_gives_the_same_tokens(kw, sampling):
     assert a.shape == (2, 23)
     assert torch.equal(a, b)
     assert torch.equal(a[:, :3], prompt)
+
+
+def test_next_logits_steps_with_the_cache_and_takes_several_tokens_at_once():
+    model = tiny_model()  # block_size 12
+    seq = torch.tensor([[1, 2, 3]])
+    logits, cache = next_logits(model, seq)
+    for new in ([4], [5, 6, 7], [8], [9, 10, 1, 2]):  # the last step overflows: a fresh, cropped cache
+        seq = torch.cat([seq, torch.tensor([new])], dim=1)
+        logits, cache = next_logits(model, seq, cache, n_new=len(new))
+        full = model(seq[:, -12:])[0][:, -1]
+        torch.testing.assert_close(logits, full, atol=1e-5, rtol=1e-5)
+    assert cache[0].length == 12
+    _, cache = next_logits(model, seq[:, :5])
+    with pytest.raises(ValueError, match="cache holds 5 tokens"):
+        next_logits(model, seq[:, :8], cache)  # three new tokens, but n_new says one
 
 
 def test_greedy_matches_argmax_of_full_forward():

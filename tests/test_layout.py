@@ -19,7 +19,7 @@ ALLOWED = {"core": {"core"}, "applications": {"core", "applications"}, "book": {
 #: (importing module, imported module): in-function imports with a reason written beside them.
 #: ``train.plot_history`` draws with the book's plotting helpers, imported only when called, so a
 #: plain training run (a script, a benchmark) needs no matplotlib.
-LAZY = {("train", "plot")}
+LAZY = {("train", "plot"), ("book", "data")}  # book: `import lmlib` loads book (glue) and must not load torch
 
 
 def _files(module: str) -> list[Path]:
