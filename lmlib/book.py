@@ -77,8 +77,9 @@ _TEXT_SUFFIXES = {".md", ".py", ".toml", ".ipynb", ".yml", ".yaml", ".cfg", ".tx
 
 def _tracked_text_files(root: Path) -> list[Path]:
     try:
-        names = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
-        files = [root / n for n in names]
+        names = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, text=True,
+                               check=True).stdout.split("\0")  # -z: names with spaces stay whole
+        files = [root / n for n in names if n]
     except (OSError, subprocess.CalledProcessError):  # not a git checkout: walk it
         skip = {".git", ".venv", "_build", "data", "node_modules"}
         files = [f for f in root.rglob("*") if not skip & set(f.relative_to(root).parts)]

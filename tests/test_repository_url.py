@@ -60,9 +60,10 @@ def test_moving_the_course_is_one_line_and_one_command(tmp_path):
     cli = [sys.executable, "-m", "lmlib.book", "sync-repository", "--root", str(root)]
     check = subprocess.run([*cli, "--check"], capture_output=True, text=True)
     assert check.returncode == 1 and "run python -m lmlib.book sync-repository" in check.stdout
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
     assert subprocess.run(cli, capture_output=True, text=True).returncode == 0
     assert book.sync_repository(root, check=True) == []
-    assert "lmlib" not in [p.name for p in root.iterdir() if p.suffix]  # nothing stray written
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before  # files rewritten in place, none added
     text = "".join(f.read_text() for f in [root / "README.md", root / "pyproject.toml", root / "lmlib" / "book.py",
                                            root / "lmlib" / "datasets.toml", root / "chapters" / "nb.ipynb"])
     assert "lmcourse/lmcourse" not in text
