@@ -107,8 +107,15 @@ def test_ids_equal_hugging_face_on_hard_cases(gpt2, reference):
     assert_same(gpt2, reference, ["".join(HARD_CASES)])  # and all of them in one text
 
 
+# Code points that Python's Unicode tables leave unassigned are left out: the `regex` module and the
+# tokenizers library behind transformers ship different Unicode versions, so a letter added by a
+# recent version (U+3D000, say) is a letter to one and "other" to the other, and they split it apart
+# differently. Every other character is drawn.
+ASSIGNED = st.characters(exclude_categories=("Cn", "Cs"))  # Cs: lone surrogates, not text
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.one_of(st.text(), st.sampled_from([EOT, " ", "\n", "'s", "'T", "1"])), max_size=8))
+@given(st.lists(st.one_of(st.text(ASSIGNED), st.sampled_from([EOT, " ", "\n", "'s", "'T", "1"])), max_size=8))
 def test_ids_equal_hugging_face_on_random_unicode(gpt2, reference, parts):
     assert_same(gpt2, reference, ["".join(parts)])
 
