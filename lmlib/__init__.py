@@ -18,7 +18,8 @@ The package is flat, but its modules form three layers (:data:`LAYERS`; a test k
   book plumbing.
 - **book**, the plumbing of the website and its exercises: glue, plots, widgets, the shared
   training recipes, the chat assistant made from the released course model (``chat``, which loads
-  releases through ``recipes``), and the exercise checkers. These may import anything.
+  releases through ``recipes``; its conversations, ``dialogue``; its evaluation harness, ``evals``;
+  its training recipe, ``assistant``), and the exercise checkers. These may import anything.
 """
 import importlib
 
@@ -32,7 +33,7 @@ LAYERS = {
              "checkpoint", "train"),
     "applications": ("ngram", "rnn", "dedup", "corpus", "pretrained", "hub", "llama2c", "classify", "seq2seq",
                      "instruct", "lora", "spans", "compress", "cost", "privacy", "audit", "interpret"),
-    "book": ("book", "plot", "widgets", "recipes", "chat", "exercises"),
+    "book": ("book", "plot", "widgets", "recipes", "chat", "dialogue", "evals", "assistant", "exercises"),
 }
 
 

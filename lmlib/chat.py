@@ -31,6 +31,8 @@ calculate(expression) -> str                   + - * / // ** and parentheses, ex
 MAX_EXPRESSION, MAX_DIGITS, PLACES             its limits: characters, digits of any value, decimals
 reply(model, tok, messages, max_new_tokens=200, temperature=0.7, top_k=50, tools=True, on_token=None,
       generator=None) -> str                  the assistant's next message, streamed to on_token
+reply_and_stop(model, tok, messages, ...) -> (str, stop)   the same, and the special token that ended it
+    (END: the model closed its turn) or None when max_new_tokens ran out
 ASSISTANT_NAME = "course-assistant"            the released assistant's name in the data registry
 load_assistant(folder=None) -> (model, tok, config)   a release folder; chat tokens added if missing
 main(argv=None) -> int                         ``python -m lmlib.chat [--model FOLDER] [--temperature T]
@@ -67,7 +69,7 @@ Message = dict[str, str]
 
 __all__ = [
     "SYSTEM", "USER", "ASSISTANT", "END", "CHAT_TOKENS", "ROLES", "render", "parse", "encode_chat",
-    "chat_example", "TOOL_CALL", "calculate", "MAX_EXPRESSION", "MAX_DIGITS", "PLACES", "reply",
+    "chat_example", "TOOL_CALL", "calculate", "MAX_EXPRESSION", "MAX_DIGITS", "PLACES", "reply", "reply_and_stop",
     "ASSISTANT_NAME", "load_assistant", "main",
 ]
 
@@ -325,7 +327,6 @@ def _tool(expression: str) -> str:
 
 # --- replies ------------------------------------------------------------------------------------
 
-@torch.no_grad()
 def reply(model: nn.Module, tok: ByteBPE, messages: Sequence[Message], max_new_tokens: int = 200,
           temperature: float = 0.7, top_k: int | None = 50, tools: bool = True,
           on_token: Callable[[str], None] | None = None, generator: torch.Generator | None = None) -> str:
@@ -338,6 +339,19 @@ def reply(model: nn.Module, tok: ByteBPE, messages: Sequence[Message], max_new_t
     appends ``result>>`` itself (``?>>`` when the expression cannot be calculated); those tokens
     are streamed and returned like the model's. A conversation longer than the model's context
     keeps its last ``block_size`` tokens. ``generator`` makes sampling repeatable.
+    :func:`reply_and_stop` also says why the reply stopped.
+    """
+    return reply_and_stop(model, tok, messages, max_new_tokens, temperature, top_k, tools, on_token, generator)[0]
+
+
+@torch.no_grad()
+def reply_and_stop(model: nn.Module, tok: ByteBPE, messages: Sequence[Message], max_new_tokens: int = 200,
+                   temperature: float = 0.7, top_k: int | None = 50, tools: bool = True,
+                   on_token: Callable[[str], None] | None = None,
+                   generator: torch.Generator | None = None) -> tuple[str, str | None]:
+    """:func:`reply`'s message and what ended it: the special token the model wrote (:data:`END` when
+    it closed its turn as trained, another chat token when it broke the format), or None when
+    ``max_new_tokens`` ran out first. Evaluations of the chat format count the first case.
     """
     if not (isinstance(temperature, (int, float)) and 0 <= temperature < math.inf):
         raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}.")
@@ -355,11 +369,13 @@ def reply(model: nn.Module, tok: ByteBPE, messages: Sequence[Message], max_new_t
             on_token(piece)
         return piece
 
+    stop = None
     with eval_mode(model):
         logits, cache = next_logits(model, idx)
         for step in range(max_new_tokens):
             token = int(next_token(logits, temperature, top_k, greedy=temperature == 0, generator=generator))
             if token in stops:
+                stop = tok.decode([token])
                 break
             new = [token]
             text += emit(new)
@@ -370,7 +386,7 @@ def reply(model: nn.Module, tok: ByteBPE, messages: Sequence[Message], max_new_t
             if step + 1 < max_new_tokens:
                 idx = torch.cat([idx, torch.tensor([new], device=device)], dim=1)
                 logits, cache = next_logits(model, idx, cache, n_new=len(new))
-    return text + emit([], final=True)
+    return text + emit([], final=True), stop
 
 
 # --- loading and the terminal chat --------------------------------------------------------------
@@ -413,7 +429,8 @@ def _cannot_load(folder: str | None, err: Exception) -> str:
     reason = str(err).rstrip(".") if isinstance(err, (OSError, ValueError)) else f"{type(err).__name__}: {err}"
     if folder is None:
         return (f"python -m lmlib.chat: no assistant to chat with, because {reason}. Train one in chapter 5's "
-                "assistant notebook, which saves a release folder, and pass that folder with --model FOLDER. "
+                "assistant notebook, which saves a release folder, or with python -m lmlib.assistant --scale cpu "
+                "--out FOLDER, and pass that folder with --model FOLDER. "
                 "Any release folder works, for example --model models/course-gpt, the pretrained course model "
                 "(it continues text but has not learned to chat).")
     return (f"python -m lmlib.chat: cannot load a model from {folder}: {reason}. --model takes a release folder "

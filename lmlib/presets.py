@@ -16,6 +16,7 @@ API summary
 SCALES = ("smoke", "cpu", "gpu")
 scale() -> str                                     the preset in force
 scaled(*, smoke, cpu, gpu)                         the value for the preset in force
+recipe_for(recipes, scale=None) -> dict            a copy of a release recipe (smoke/cpu/full) for a scale
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import torch
 SCALES = ("smoke", "cpu", "gpu")
 T = TypeVar("T")
 
-__all__ = ["SCALES", "scale", "scaled"]
+__all__ = ["SCALES", "scale", "scaled", "recipe_for"]
 
 
 def scale() -> str:
@@ -44,3 +45,15 @@ def scale() -> str:
 def scaled(*, smoke: T, cpu: T, gpu: T) -> T:
     """The value for the preset in force, e.g. ``steps=scaled(smoke=20, cpu=1200, gpu=5000)``."""
     return {"smoke": smoke, "cpu": cpu, "gpu": gpu}[scale()]
+
+
+def recipe_for(recipes: dict[str, dict], scale: str | None = None) -> dict:
+    """A copy of ``recipes[scale]``, for the recipes of a released model (``smoke``, ``cpu``, ``full``).
+
+    Without ``scale``: the recipe for the preset in force, where the ``gpu`` preset means ``full``.
+    """
+    if scale is None:
+        scale = scaled(smoke="smoke", cpu="cpu", gpu="full")
+    if scale not in recipes:
+        raise ValueError(f"scale must be one of {sorted(recipes)}, got {scale!r}.")
+    return dict(recipes[scale])

@@ -42,7 +42,7 @@ from lmlib.generate import generate
 from lmlib.metrics import stream_nll
 from lmlib.model import GPT, GPTConfig
 from lmlib.ngram import NGramLM
-from lmlib.presets import scaled
+from lmlib.presets import recipe_for, scaled
 from lmlib.tokenizers import ByteBPE
 from lmlib.train import Trainer, TrainConfig
 
@@ -124,11 +124,7 @@ COURSE_GPT = {
 def course_gpt(scale: str | None = None) -> dict:
     """The course-model recipe for ``scale`` (``smoke``/``cpu``/``full``; default: the preset in force,
     where the ``gpu`` preset means ``full``). A copy."""
-    if scale is None:
-        scale = scaled(smoke="smoke", cpu="cpu", gpu="full")
-    if scale not in COURSE_GPT:
-        raise ValueError(f"scale must be one of {sorted(COURSE_GPT)}, got {scale!r}.")
-    return dict(COURSE_GPT[scale])
+    return recipe_for(COURSE_GPT, scale)
 
 
 def course_corpus(recipe: dict, progress: bool = True):
@@ -256,22 +252,34 @@ def course_heldout(log: dict | None = None) -> list[str]:
     return held_out(read_enwiki(log["recipe"]["n_files"])[0], log["corpus"]["val_pages"])
 
 
-def registry_entry(out_dir: str | Path, base_url: str | None = None, homepage: str | None = None) -> str:
+#: What the registry says about the released course model; :func:`registry_entry` writes it.
+COURSE_GPT_RELEASE = dict(
+    name=COURSE_GPT_NAME,
+    title="The course model: a 2.2M-parameter GPT pretrained on cleaned English Wikipedia (chapter 4)",
+    licence="Weights: MIT, like the course code; trained on Wikipedia text (CC BY-SA 3.0, Wikipedia contributors)",
+    citation="The course's own release, made by lmlib.recipes (python -m lmlib.recipes course-gpt --scale full)",
+)
+
+
+def registry_entry(out_dir: str | Path, release: dict | None = None, base_url: str | None = None,
+                   homepage: str | None = None) -> str:
     """The ``lmlib/datasets.toml`` entry of a release folder (sha256 and size of each file), as TOML.
 
+    ``release`` holds the entry's ``name``, ``title``, ``licence`` and ``citation`` (default:
+    :data:`COURSE_GPT_RELEASE`; the assistant's is :data:`lmlib.assistant.ASSISTANT_RELEASE`).
     ``base_url`` defaults to the release's folder in the course repository, ``homepage`` to the
     repository (:data:`lmlib.book.REPOSITORY_URL`).
     """
-    base_url = base_url or raw_url(f"models/{COURSE_GPT_NAME}")
+    release = release or COURSE_GPT_RELEASE
+    name = release["name"]
+    base_url = base_url or raw_url(f"models/{name}")
     homepage = homepage or REPOSITORY_URL
-    lines = [f"[{COURSE_GPT_NAME}]",
-             'title = "The course model: a 2.2M-parameter GPT pretrained on cleaned English Wikipedia (chapter 4)"',
-             'licence = "Weights: MIT, like the course code; trained on Wikipedia text (CC BY-SA 3.0, Wikipedia contributors)"',
-             'citation = "The course\'s own release, made by lmlib.recipes (python -m lmlib.recipes course-gpt --scale full)"',
-             f'homepage = "{homepage}"', 'default = "model.safetensors"']
-    for name in RELEASE_FILES:
-        f = Path(out_dir) / name
-        lines += [f'[{COURSE_GPT_NAME}.files."{name}"]', f'url = "{base_url}/{name}"',
+    lines = [f"[{name}]"] + [f"{key} = {json.dumps(release[key], ensure_ascii=False)}"
+                             for key in ("title", "licence", "citation")]
+    lines += [f'homepage = "{homepage}"', 'default = "model.safetensors"']
+    for file in RELEASE_FILES:
+        f = Path(out_dir) / file
+        lines += [f'[{name}.files."{file}"]', f'url = "{base_url}/{file}"',
                   f'sha256 = "{sha256_of(f)}"', f"size = {f.stat().st_size}"]
     return "\n".join(lines)
 

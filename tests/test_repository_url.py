@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from lmlib import book
+from lmlib.assistant import ASSISTANT_RELEASE
 from lmlib.recipes import registry_entry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,3 +87,6 @@ def test_registry_entry_points_at_the_repository(tmp_path):
     entry = tomllib.loads(registry_entry(tmp_path))["course-gpt"]
     assert entry["homepage"] == book.REPOSITORY_URL
     assert entry["files"]["config.json"]["url"] == book.raw_url("models/course-gpt/config.json")
+    entry = tomllib.loads(registry_entry(tmp_path, ASSISTANT_RELEASE))["course-assistant"]
+    assert entry["licence"] == ASSISTANT_RELEASE["licence"] and "lmlib.assistant" in entry["citation"]
+    assert entry["files"]["model.safetensors"]["url"] == book.raw_url("models/course-assistant/model.safetensors")
