@@ -301,7 +301,7 @@ def check_sft_targets(fn: Callable[[torch.Tensor, int], torch.Tensor], **options
 
     def unshifted(ids, p):
         y = ids.clone()
-        y[:p] = -100
+        y[:p] = IGNORE_INDEX
         return y
 
     return check(
@@ -497,7 +497,7 @@ def check_align_labels(fn: Callable[[list[int], list[int]], list[int]], **option
             Mistake("you labelled each word's LAST sub-token; this exercise labels the first one",
                     lambda wot, labels: align_labels(wot, labels, position="last")),
             Mistake("the other sub-tokens should get -100 (the ignore index the loss skips), not 0",
-                    lambda wot, labels: [x if x != -100 else 0 for x in align_labels(wot, labels)]),
+                    lambda wot, labels: [x if x != IGNORE_INDEX else 0 for x in align_labels(wot, labels)]),
         ),
         **options,
     )

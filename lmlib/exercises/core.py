@@ -49,6 +49,8 @@ from typing import Any
 
 import torch
 
+from lmlib.data import IGNORE_INDEX
+
 __all__ = ["check", "Mistake", "Result"]
 
 Case = tuple[Any, ...]
@@ -89,8 +91,6 @@ OFF_BY_ONE = "off by one: yours is {got}, the expected {expected}"
 SWAPPED = "the parts of the result are in the wrong order: return them as ({order})"
 RETURNED_NONE = "it returned None: the function has no `return` (or does not reach it for this input)"
 NOT_CALLABLE = "pass the function itself, check_...(my_function), not the result of calling it"
-
-_IGNORE_INDEX = -100  # lmlib.data.IGNORE_INDEX, the target the loss skips
 
 
 @dataclass(frozen=True)
@@ -465,8 +465,8 @@ def _masked_positions(t: torch.Tensor, expected: torch.Tensor) -> tuple[torch.Te
         return (~t, "False") if t.dtype == torch.bool else None
     if expected.is_floating_point() and bool((expected == float("-inf")).any()):
         return t == float("-inf"), "-inf"
-    if not expected.is_floating_point() and bool((expected == _IGNORE_INDEX).any()):
-        return t == _IGNORE_INDEX, str(_IGNORE_INDEX)
+    if not expected.is_floating_point() and bool((expected == IGNORE_INDEX).any()):
+        return t == IGNORE_INDEX, str(IGNORE_INDEX)
     return None
 
 
