@@ -111,26 +111,60 @@ class NotebookCost(SphinxDirective):
         return [NotebookCostNode(budget=self.options["cpu-budget"], docname=self.env.docname)]
 
 
+class MeasuredTimes(SphinxDirective):
+    """``{measured-times}``: the table behind every cost box, with the machine and the date."""
+
+    def run(self):
+        times = measured_times(self.env.srcdir)
+        self.env.note_dependency(str(Path(self.env.srcdir) / "benchmarks" / "results" / "cpu_notebook_times.json"))
+        runs = times.get("notebooks", {})
+        if not runs:
+            return [nodes.paragraph(text="No notebook has been timed at the cpu preset yet.")]
+        rows = [["notebook", "budget (min)", "measured (min)", "measured on"]]
+        for name, run in runs.items():
+            took = f"{run['seconds'] / 60:.1f}" if run["ok"] else "failed"
+            rows.append([name.removeprefix("chapters/").removesuffix(".ipynb"), f"{run['budget_minutes']:g}",
+                         took, run["measured"][:10]])
+        total = sum(r["seconds"] for r in runs.values() if r["ok"])
+        rows.append(["all notebooks", f"{sum(r['budget_minutes'] for r in runs.values()):g}", f"{total / 60:.1f}", ""])
+        caption = nodes.paragraph(text=(
+            f"Machine: {times.get('machine', 'unknown CPU')}, {times.get('cpu_count', '?')} cores, Python "
+            f"{times.get('python', '?')}; each notebook executed in a fresh kernel at the cpu preset by "
+            "benchmarks/notebook_times.py."))
+        return [_table(rows), caption]
+
+
 def measured_times(srcdir: str | Path) -> dict:
     """``benchmarks/results/cpu_notebook_times.json`` (``{}`` if the script has not been run)."""
     path = Path(srcdir) / "benchmarks" / "results" / "cpu_notebook_times.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def cost_text(budget: int, measured: dict | None, machine: str, this_build: float | None, preset: str) -> list[str]:
-    """The sentences of a cost box (kept apart from docutils so that they can be tested)."""
+def about(seconds: float) -> str:
+    """A duration as a reader says it: ``about 40 seconds``, ``about 1 minute``, ``about 2.5 minutes``."""
+    if seconds < 55:
+        return f"about {max(5, 5 * round(seconds / 5))} seconds"
+    minutes = round(seconds / 30) / 2
+    return "about 1 minute" if minutes == 1 else f"about {minutes:g} minutes"
+
+
+def cost_text(budget: int, measured: dict | None, this_build: float | None, preset: str) -> list[str]:
+    """The sentences of a cost box, in a reader's words (kept apart from docutils to be tested).
+
+    The machine and the date of the measurement are in the appendix (chapters/appendix/execution).
+    """
     unit = "minute" if budget == 1 else "minutes"
-    out = [f"Budget at the cpu preset: {budget} {unit} on a 2-core CPU."]
     if measured is None:
-        out.append("Not measured at the cpu preset yet (benchmarks/notebook_times.py).")
+        out = [f"Running this page on a laptop CPU is budgeted at {budget} {unit}; it has not been timed yet."]
     elif not measured["ok"]:
-        out.append(f"The last measured run at the cpu preset failed ({measured['measured'][:10]}).")
+        out = [f"Running this page on a laptop CPU is budgeted at {budget} {unit}; its last timed run failed."]
     else:
-        verdict = "within budget" if measured["seconds"] <= 60 * budget else "OVER BUDGET"
-        out.append(f"Measured: {measured['seconds'] / 60:.1f} minutes on {machine}, {measured['measured'][:10]} "
-                   f"(benchmarks/notebook_times.py): {verdict}.")
-    if this_build is not None:
-        out.append(f"When this site was built ({preset} preset) the page executed in {this_build:.1f} s.")
+        within = measured["seconds"] <= 60 * budget
+        out = [f"Running this page takes {about(measured['seconds'])} on a laptop CPU with 2 cores "
+               f"({'within' if within else 'OVER'} its budget of {budget} {unit}); a GPU runs the larger "
+               f"gpu preset."]
+    if this_build is not None and preset != "smoke":
+        out.append(f"When this site was built ({preset} preset), the page ran in {about(this_build)}.")
     return out
 
 
@@ -141,10 +175,9 @@ class NotebookCostTransform(SphinxPostTransform):
         for node in list(self.document.findall(NotebookCostNode)):
             times = measured_times(self.env.srcdir)
             measured = times.get("notebooks", {}).get(node["docname"] + ".ipynb")
-            machine = f"{times.get('cpu_count', '?')} cores ({times.get('machine', 'unknown CPU')})"
             exec_data = NbMetadataCollector.get_exec_data(self.env, node["docname"])
             runtime = exec_data.get("runtime") if exec_data else None
-            text = cost_text(node["budget"], measured, machine, runtime, scale())
+            text = cost_text(node["budget"], measured, runtime, scale())
             box = nodes.admonition(classes=["note", "notebook-cost"])
             box += nodes.title(text="Cost")
             box += nodes.paragraph(text=" ".join(text))
@@ -158,5 +191,6 @@ def setup(app):
     app.add_post_transform(ChapterTimesTransform)
     app.add_node(NotebookCostNode)
     app.add_directive("notebook-cost", NotebookCost)
+    app.add_directive("measured-times", MeasuredTimes)
     app.add_post_transform(NotebookCostTransform)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

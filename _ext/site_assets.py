@@ -1,4 +1,6 @@
-"""Site assets: MathJax served from the site itself, and no duplicated inline scripts.
+"""Site assets: MathJax served from the site itself, no duplicated inline scripts, and the course's
+fixes to the theme (``static/lmcourse.js`` and ``lmcourse.css``: the phone menu, wrapped outputs,
+images that open at full size).
 
 By default Sphinx pages fetch MathJax from a CDN: offline (or behind a strict firewall) equations
 stay raw TeX. MathJax 3 ships on PyPI inside `django-static-mathjax` (plain static files, no
@@ -26,6 +28,7 @@ def _mathjax_root() -> Path:
 
 def _config_inited(app, config):
     config.mathjax_path = "mathjax/tex-chtml.js"  # relative to _static/
+    config.html_static_path = [*config.html_static_path, str(Path(__file__).parent / "static")]
 
 
 def _finish(app, exception):
@@ -66,4 +69,6 @@ def _drop_duplicate_inline_scripts(outdir: Path) -> None:
 def setup(app):
     app.connect("config-inited", _config_inited)
     app.connect("build-finished", _finish)
+    app.add_css_file("lmcourse.css")
+    app.add_js_file("lmcourse.js")
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -1,7 +1,9 @@
 """Plots the chapters share: heatmaps (bigram tables, attention maps) and training curves.
 
 Used from chapter 1 on. Every function draws on a given Matplotlib ``ax`` (or a new one) and
-returns it, so notebooks can combine plots into one figure.
+returns it, so notebooks can combine plots into one figure. ``describe_figure`` writes a figure's
+text alternative from its titles, axis labels and legends: the website uses it as the alt text of
+every plot.
 """
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ def curves(
     return ax
 
 
-def attention_heads(weights, tokens: Sequence[str], *, title: str = "", ncols: int = 4, size: float = 2.6):
+def attention_heads(weights, tokens: Sequence[str], *, title: str = "", ncols: int = 4, size: float = 1.6):
     """A grid of attention maps, one per head, from weights of shape (heads, T, T) (chapter 2).
 
     The static twin of ``lmlib.widgets.attention_explorer`` for the website. Returns the figure.
@@ -80,9 +82,51 @@ def attention_heads(weights, tokens: Sequence[str], *, title: str = "", ncols: i
             continue
         ax.imshow(weights[h].numpy(), cmap="viridis", vmin=0, vmax=1)
         ax.set_title(f"head {h}", fontsize=9)
-        ax.set_xticks(range(T), labels if T <= 24 else [""] * T, rotation=90, fontsize=6)
-        ax.set_yticks(range(T), labels if (T <= 24 and h % ncols == 0) else [""] * T, fontsize=6)
+        ax.set_xticks(range(T), labels if T <= 16 else [""] * T, rotation=90, fontsize=7)
+        ax.set_yticks(range(T), labels if (T <= 16 and h % ncols == 0) else [""] * T, fontsize=7)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def _describe_axes(ax) -> str:
+    title = " ".join(t for t in (ax.get_title("left"), ax.get_title(), ax.get_title("right")) if t)
+    xlabel, ylabel = ax.get_xlabel(), ax.get_ylabel()
+    if ax.images:
+        kind = "heat map"
+    elif ax.containers and not ax.get_lines():
+        kind = "bar chart"
+    elif ax.collections and not ax.get_lines():
+        kind = "scatter plot"
+    elif ax.get_lines():
+        kind = "line plot"
+    else:
+        kind = "panel"
+    words = [f"{kind} \u201c{title}\u201d" if title else kind]
+    if ylabel or xlabel:
+        words.append(f"of {ylabel or 'values'} against {xlabel or 'position'}")
+    legend = ax.get_legend()
+    if legend is not None:
+        labels = [t.get_text() for t in legend.get_texts() if t.get_text()]
+        if labels:
+            words.append("showing " + ", ".join(labels[:8]) + (" and more" if len(labels) > 8 else ""))
+    return " ".join(words)
+
+
+def describe_figure(fig) -> str:
+    """A one-paragraph text alternative for a Matplotlib figure: its title, then each panel's kind,
+    title, axes and legend, e.g. ``Line plot "Training" of loss against step showing train, val.``
+
+    Colour bars and hidden axes are left out. The website uses it as the alt text of every plot.
+    """
+    suptitle = fig._suptitle.get_text() if getattr(fig, "_suptitle", None) is not None else ""
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.axison and ax.get_label() != "<colorbar>"]
+    parts = [_describe_axes(ax) for ax in panels]
+    if not parts:
+        text = "A figure"
+    elif len(parts) == 1:
+        text = parts[0][0].upper() + parts[0][1:]
+    else:
+        text = f"{len(parts)} panels: " + "; ".join(f"({i}) {p}" for i, p in enumerate(parts, 1))
+    return (f"{suptitle}. " if suptitle else "") + text + "."

@@ -299,19 +299,20 @@ class History:
 
 
 def plot_history(history: History, axes=None):
-    """Loss curves (train and validation) and the learning-rate schedule, side by side."""
+    """Loss curves (train and validation) above the learning-rate schedule, at the page's width."""
     # Imported here, not at the top: a plain training run (a script, a benchmark) needs no matplotlib.
     import matplotlib.pyplot as plt
 
     from lmlib.plot import curves
 
     if axes is None:
-        axes = plt.subplots(1, 2, figsize=(10, 3.5))[1]
+        fig, axes = plt.subplots(2, 1, figsize=(6.5, 5), sharex=True, height_ratios=[3, 2])
+        fig.set_layout_engine("constrained")
     series = {"train": (history.step, history.train_loss)}
     if history.val_loss:
         series["validation"] = (history.val_step, history.val_loss)
-    curves(series, ax=axes[0], title="loss", ylabel="cross-entropy (nats)")
-    curves({"lr": (history.step, history.lr)}, ax=axes[1], title="learning rate", ylabel="lr")
+    curves(series, ax=axes[0], title="Training and validation loss", xlabel="", ylabel="cross-entropy (nats)")
+    curves({"learning rate": (history.step, history.lr)}, ax=axes[1], title="Learning-rate schedule", ylabel="learning rate")
     return axes
 
 

@@ -22,6 +22,7 @@ import torch
 from matplotlib.figure import Figure
 
 from lmlib.generate import top_k_filter, top_p_filter
+from lmlib.plot import describe_figure
 
 try:
     import ipywidgets as W
@@ -39,7 +40,7 @@ def explorer(
     draw: Callable[..., None],
     controls: Mapping[str, "W.ValueWidget"],
     *,
-    figsize: tuple[float, float] = (9, 4),
+    figsize: tuple[float, float] = (7, 4),
 ) -> "W.Widget":
     """Controls on top, a Matplotlib figure below, redrawn with ``draw(fig, **values)`` on change."""
     W = _require_ipywidgets()
@@ -56,11 +57,15 @@ def explorer(
 
 def static_png(draw: Callable[..., None], values: Mapping, figsize: tuple[float, float]) -> bytes:
     """``draw(fig, **values)`` rendered off-screen to PNG bytes (the explorer's website fallback)."""
+    return _static_drawing(draw, values, figsize)[0]
+
+
+def _static_drawing(draw, values: Mapping, figsize) -> tuple[bytes, str]:
     fig = Figure(figsize=figsize)
     draw(fig, **values)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    return buffer.getvalue()
+    return buffer.getvalue(), describe_figure(fig)
 
 
 def _with_static_png(widget: "W.Widget", draw, values: Mapping, figsize) -> "W.Widget":
@@ -69,13 +74,16 @@ def _with_static_png(widget: "W.Widget", draw, values: Mapping, figsize) -> "W.W
     Jupyter and Colab render the live widget (its own MIME type ranks first); a static renderer
     that cannot run widgets picks the image instead of printing ``VBox(children=...)``.
     """
-    png = base64.b64encode(static_png(draw, values, figsize)).decode("ascii")
+    png, description = _static_drawing(draw, values, figsize)
+    png = base64.b64encode(png).decode("ascii")
     plain_bundle = widget._repr_mimebundle_
 
     def bundle(**kwargs):
         data = plain_bundle(**kwargs) or {}
         data = dict(data) if isinstance(data, dict) else {}
         data["image/png"] = png
+        # the page's alt text for the image (instead of the widget's repr)
+        data["text/plain"] = f"An interactive explorer, drawn at its first setting: {description}"
         return data
 
     widget._repr_mimebundle_ = bundle
@@ -87,12 +95,12 @@ def attention_explorer(
     weights: torch.Tensor,
     *,
     layer_names: Sequence[str] | None = None,
-    figsize: tuple[float, float] = (10, 4.5),
+    figsize: tuple[float, float] = (6.5, 8),
 ) -> "W.Widget":
     """Explore attention weights of shape (heads, T, T) or (layers, heads, T, T) over ``tokens``.
 
-    Pick a layer and head (or the mean over heads) and a query position: the left panel shows the
-    whole (query, key) map with the chosen query's row outlined, the right panel that row as bars.
+    Pick a layer and head (or the mean over heads) and a query position: the top panel shows the
+    whole (query, key) map with the chosen query's row outlined, the bottom panel that row as bars.
     """
     W = _require_ipywidgets()
     weights = torch.as_tensor(weights).detach().float().cpu()
@@ -114,15 +122,17 @@ def attention_explorer(
 
     def draw(fig, layer: int, head: int, query: int):
         w = weights[layer].mean(0) if head < 0 else weights[layer, head]
-        ax_map, ax_row = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.1, 1]})
+        ax_map, ax_row = fig.subplots(2, 1, gridspec_kw={"height_ratios": [1.6, 1]})
         ax_map.imshow(w.numpy(), cmap="viridis", vmin=0, vmax=1)
-        ax_map.set_xticks(range(T), labels, rotation=90, fontsize=7)
-        ax_map.set_yticks(range(T), labels, fontsize=7)
+        ax_map.set_xticks(range(T), labels, rotation=90, fontsize=8)
+        ax_map.set_yticks(range(T), labels, fontsize=8)
+        ax_map.set_title("mean attention of all heads" if head < 0 else f"attention of head {head}")
         ax_map.add_patch(plt.Rectangle((-0.5, query - 0.5), T, 1, fill=False, edgecolor="red", lw=1.5))
         ax_map.set(xlabel="key (attended to)", ylabel="query (attending)")
         ax_row.bar(range(T), w[query].numpy(), color="tab:blue")
-        ax_row.set_xticks(range(T), labels, rotation=90, fontsize=7)
-        ax_row.set(ylim=(0, 1), ylabel="weight", title=f"query {query}: {labels[query]!s}")
+        ax_row.set_xticks(range(T), labels, rotation=90, fontsize=8)
+        ax_row.set(ylim=(0, 1), xlabel="key (attended to)", ylabel="weight",
+                   title=f"the weights of query {query} ({labels[query]!s})")
         fig.tight_layout()
 
     return explorer(draw, controls, figsize=figsize)
@@ -133,7 +143,7 @@ def sampling_explorer(
     labels: Sequence[str],
     *,
     show: int = 20,
-    figsize: tuple[float, float] = (10, 3.8),
+    figsize: tuple[float, float] = (7, 3.8),
 ) -> "W.Widget":
     """Explore how temperature, top-k and top-p reshape one next-token distribution (chapter 3).
 
@@ -167,8 +177,8 @@ def sampling_explorer(
         ax = fig.subplots()
         ax.bar(range(show), torch.softmax(logits, -1)[order].numpy(), color="lightgrey", label="T = 1, unfiltered")
         ax.bar(range(show), probs[order].numpy(), width=0.5, color="tab:blue", label="sampled from")
-        ax.set_xticks(range(show), names, fontsize=8)
-        ax.set(ylim=(0, 1), ylabel="probability",
+        ax.set_xticks(range(show), names, fontsize=8, rotation=60 if show > 12 else 0)
+        ax.set(ylim=(0, 1), xlabel="next token (most likely first)", ylabel="probability",
                title=f"T = {temperature:.2f}: {kept} tokens can be drawn, entropy {entropy:.2f} nats")
         ax.legend()
         fig.tight_layout()

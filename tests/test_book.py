@@ -22,7 +22,7 @@ def test_notebook_pages_show_outputs_figures_and_glued_numbers(site):
         assert "Traceback" not in html, f"{nb.name}: a traceback is on the page"
         assert not re.search(r"\{glue:\w+\}", html), f"{nb.name}: an unresolved glue reference"
         text = re.sub(r"<[^>]+>", "", html)
-        assert "Budget at the cpu preset" in text and "the page executed in" in text, f"{nb.name}: no cost box"
+        assert "Running this page" in text and "on a laptop CPU" in text, f"{nb.name}: no cost box"
 
 
 @pytest.mark.book
@@ -33,3 +33,22 @@ def test_first_notebook_page(site):
     text = re.sub(r"<[^>]+>", "", html)
     match = re.search(r"to\s+(\d+\.\d\d): one character of context", text)
     assert match and 5 < float(match.group(1)) < 65, "glued bigram perplexity missing or implausible"
+
+
+@pytest.mark.book
+def test_no_build_leftovers_on_the_pages(site):
+    title = "Large Language Models, from the attention formula to a trained GPT"
+    for page in sorted(site.rglob("*.html")):
+        if "_static" in page.parts:
+            continue
+        html = page.read_text()
+        rel = page.relative_to(site).as_posix()
+        assert "binder-examples" not in html, f"{rel}: thebe still points at a sample repository"
+        text = re.sub(r"<[^>]+>", " ", html)
+        assert not re.search(r"/tmp/|[A-Z]:\\\\Users\\\\|/home/\w+/", text), f"{rel}: a path of the build machine"
+        assert not re.search(r"\b(?:took|ran in|executed in) 0(?:\.0)? (?:s|seconds|minutes)\b", text), \
+            f"{rel}: a zero timing left over from a small preset"
+        sidebar = html.split('id="pst-primary-sidebar"', 1)[-1].split("</nav>", 1)[0]
+        assert sidebar.count(title) <= 1, f"{rel}: the book's title twice in the sidebar"
+    execution = re.sub(r"<[^>]+>", " ", (site / "chapters/appendix/execution.html").read_text())
+    assert "measured (min)" in execution and "all notebooks" in execution

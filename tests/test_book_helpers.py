@@ -63,3 +63,54 @@ def test_chapter_totals_add_up_per_chapter():
         "01_background": {"notebooks": 2, "seconds": 42.5, "failed": 1},
         "02_attention": {"notebooks": 1, "seconds": 6.0, "failed": 0},
     }
+
+
+def _static_outputs():
+    sys.path.insert(0, str(ROOT / "_ext"))
+    try:
+        import static_outputs
+    finally:
+        sys.path.remove(str(ROOT / "_ext"))
+    return static_outputs
+
+
+def test_static_bar_prints_only_its_finished_line(capsys):
+    bar_class = _static_outputs().StaticBar
+    for _ in bar_class(range(20), desc="training"):
+        pass
+    with bar_class(total=5, desc="hidden", leave=False) as bar:
+        bar.update(5)
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.startswith("training: 100%") and "20/20" in out
+    assert " 0/20" not in out and "hidden" not in out
+
+
+def test_alt_text_comes_from_the_description_of_the_output():
+    import base64
+    import hashlib
+
+    from matplotlib.figure import Figure
+
+    from lmlib.plot import describe_figure
+
+    fig = Figure()
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [1, 0], label="train")
+    ax.set(title="Loss", xlabel="step", ylabel="loss")
+    ax.legend()
+    assert describe_figure(fig) == "Line plot \u201cLoss\u201d of loss against step showing train."
+    png = b"\x89PNG fake bytes"
+    digest = hashlib.sha256(png).hexdigest()
+    notebook = {"cells": [{"outputs": [{"data": {"image/png": base64.b64encode(png).decode(),
+                                                 "text/plain": ["Line plot \u201cLoss\u201d", " of <loss>"]}}]},
+                          {"outputs": [{"data": {"image/png": "AAAA", "text/plain": "<Figure size 640x480>"}}]}]}
+    outputs = _static_outputs()
+    with __import__("tempfile").TemporaryDirectory() as tmp:
+        path = Path(tmp) / "page.ipynb"
+        path.write_text(json.dumps(notebook))
+        found = outputs.image_descriptions([path])
+    assert found == {digest: "Line plot \u201cLoss\u201d of <loss>"}  # a bare repr is no description
+    html = f'<p><img alt="../_images/{digest}.png" src="../_images/{digest}.png" /><img src="x.png"></p>'
+    fixed = outputs.add_alt_text(html, found)
+    assert f'<img alt="Line plot \u201cLoss\u201d of &lt;loss&gt;" src="../_images/{digest}.png" />' in fixed
+    assert '<img src="x.png">' in fixed

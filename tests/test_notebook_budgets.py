@@ -51,11 +51,14 @@ def test_the_measured_cpu_run_kept_to_the_budget(name):
 
 def test_cost_box_wording():
     run = {"ok": True, "seconds": 95.0, "measured": "2026-11-23T18:30:00+00:00"}
-    text = " ".join(chapter_times.cost_text(2, run, "2 cores (AMD EPYC)", 4.2, "smoke"))
-    assert text == ("Budget at the cpu preset: 2 minutes on a 2-core CPU. Measured: 1.6 minutes on 2 cores "
-                    "(AMD EPYC), 2026-11-23 (benchmarks/notebook_times.py): within budget. When this site was "
-                    "built (smoke preset) the page executed in 4.2 s.")
-    over = " ".join(chapter_times.cost_text(1, run, "m", None, "cpu"))
-    assert "OVER BUDGET" in over and "1 minute on" in over and "site was built" not in over
-    assert "failed" in " ".join(chapter_times.cost_text(1, dict(run, ok=False), "m", None, "cpu"))
-    assert "Not measured" in " ".join(chapter_times.cost_text(1, None, "m", None, "cpu"))
+    text = " ".join(chapter_times.cost_text(2, run, 4.2, "cpu"))
+    assert text == ("Running this page takes about 1.5 minutes on a laptop CPU with 2 cores (within its budget "
+                    "of 2 minutes); a GPU runs the larger gpu preset. When this site was built (cpu preset), "
+                    "the page ran in about 5 seconds.")
+    assert "site was built" not in " ".join(chapter_times.cost_text(2, run, 4.2, "smoke"))  # no "0 s" at smoke
+    over = " ".join(chapter_times.cost_text(1, run, None, "cpu"))
+    assert "OVER its budget of 1 minute)" in over and "site was built" not in over
+    assert "failed" in " ".join(chapter_times.cost_text(1, dict(run, ok=False), None, "cpu"))
+    assert "not been timed" in " ".join(chapter_times.cost_text(1, None, None, "cpu"))
+    assert [chapter_times.about(s) for s in (3, 41, 58, 80, 100, 600)] == [
+        "about 5 seconds", "about 40 seconds", "about 1 minute", "about 1.5 minutes", "about 1.5 minutes", "about 10 minutes"]

@@ -3,7 +3,9 @@
 Checks per page: no console errors and no request leaves the machine (MathJax is served locally),
 math is typeset, every image loads, exercise solutions start collapsed, and every interactive
 explorer widget (which cannot run on a static site) shows its static first drawing, loaded and
-visible, with no Python repr of the widget leaking into the page. Screenshots of a few pages
+visible, with no Python repr of the widget leaking into the page, every image has alt text that
+describes it (not its file name), and no progress bar is frozen at 0%. On a phone (390 x 844) no
+page scrolls sideways and the menu button opens the chapter list. Screenshots of a few pages
 are saved as test artefacts (their paths are printed). Skipped where Chromium is not installed;
 `make test` installs it when it can (as root with apt-get, as in CI).
 """
@@ -76,6 +78,15 @@ WIDGET_FALLBACKS = """() => Array.from(document.querySelectorAll('div.cell'))
   })"""
 
 
+# Alt text that is missing, or only a file name (a plot's would otherwise be its hash path).
+IMAGES_WITHOUT_ALT = """() => Array.from(document.querySelectorAll('main img'))
+  .filter(i => { const a = (i.getAttribute('alt') || '').trim();
+                 return a.length < 12 || /\\.(png|svg|jpe?g|gif)$/i.test(a) || /[0-9a-f]{32}/.test(a); })
+  .map(i => i.getAttribute('src'))"""
+# A tqdm bar as its widget's text fallback shows it before the first update.
+FROZEN_BAR = re.compile(r"(?<![\d.])0%\|[^\n|]*\|\s*0/\d+")
+
+
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
@@ -138,6 +149,12 @@ def test_every_page_renders_in_chromium(site, served, browser):
             widget_pages.append(rel)
         if not all(widgets):
             problems.append(f"{rel}: an explorer cell without its static figure (loaded, visible) {widgets}")
+        bad_alt = page.evaluate(IMAGES_WITHOUT_ALT)
+        if bad_alt:
+            problems.append(f"{rel}: images without alt text that describes them {bad_alt[:3]}")
+        frozen = FROZEN_BAR.findall(page.inner_text("main"))
+        if frozen:
+            problems.append(f"{rel}: progress bars frozen at 0% {frozen[:2]}")
         leaked = [w for w in ("VBox(children", "interactive(children", "HBox(children") if w in page.inner_text("main")]
         if leaked:
             problems.append(f"{rel}: widget repr shown as text {leaked}")
@@ -157,3 +174,41 @@ def test_every_page_renders_in_chromium(site, served, browser):
                 if "explorer(" in nb.read_text()}
     assert expected <= set(widget_pages), f"pages whose notebooks show a widget but none was found: {expected - set(widget_pages)}"
     assert len(pages) >= 5
+
+
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.mark.book
+def test_phone_pages_do_not_scroll_sideways(site, served, browser):
+    wide = []
+    for page_file in _pages(site):
+        rel = page_file.relative_to(site).as_posix()
+        page = browser.new_page(viewport=PHONE, is_mobile=True)
+        page.goto(f"{served}/{rel}", wait_until="load")
+        overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+        if overflow > 1:
+            culprits = page.evaluate("""() => Array.from(document.querySelectorAll('main *'))
+              .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1)
+              .filter(e => !Array.from(e.children).some(c => c.getBoundingClientRect().right > window.innerWidth + 1))
+              .slice(0, 3).map(e => e.tagName + '.' + e.className + ': ' + (e.innerText || '').slice(0, 40))""")
+            wide.append(f"{rel}: {overflow}px wider than the screen, e.g. {culprits}")
+        page.close()
+    assert not wide, "pages that scroll sideways on a phone:\n" + "\n".join(wide)
+
+
+@pytest.mark.book
+def test_phone_menu_opens_the_chapter_list(site, served, browser):
+    page = browser.new_page(viewport=PHONE, is_mobile=True, has_touch=True)
+    page.goto(f"{served}/chapters/02_attention/01_attention_by_hand.html", wait_until="networkidle")
+    visible = [b for b in page.locator(".primary-toggle").all() if b.is_visible()]
+    assert visible, "no visible menu button on a phone"
+    nav = page.locator("nav.bd-docs-nav")
+    assert not nav.is_visible(), "the chapter list shows before the menu is opened"
+    visible[0].click()
+    page.wait_for_timeout(300)
+    assert nav.is_visible(), "the menu button did not open the chapter list"
+    assert page.get_by_role("link", name=re.compile("The Transformer|Pretraining", re.I)).first.is_visible()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "phone_menu.png"))
+    page.close()
