@@ -52,23 +52,21 @@ class StaticBar(_text_tqdm):
 
 
 def install() -> None:
-    """In a kernel: static bars from ``tqdm.auto``, and a plain-text description of every figure."""
+    """In a kernel: static bars from ``tqdm.auto``, and a figure's plain text is its description."""
     import tqdm.auto
     import tqdm.autonotebook
 
     tqdm.auto.tqdm = StaticBar
     tqdm.autonotebook.tqdm = StaticBar
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return
-    shell = get_ipython()
-    if shell is not None:
-        def describe(fig, printer, cycle):
-            from lmlib.plot import describe_figure
-            printer.text(describe_figure(fig))
+    from matplotlib.figure import Figure
 
-        shell.display_formatter.formatters["text/plain"].for_type_by_name("matplotlib.figure", "Figure", describe)
+    def describe(fig, printer, cycle):
+        from lmlib.plot import describe_figure
+        printer.text(describe_figure(fig))
+
+    # A method, not a formatter entry: the inline backend drops every formatter registered for
+    # Figure when pyplot is first imported, and IPython's printer falls back on _repr_pretty_.
+    Figure._repr_pretty_ = describe
 
 
 _STARTUP = """\

@@ -67,7 +67,22 @@ def execute(notebook: Path, timeout: int) -> dict:
     seconds = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the kernel has exited and been waited for
     cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
-    return {"seconds": seconds, "cpu_seconds": cpu, "ok": error is None, "error": error}
+    return {"seconds": seconds, "cpu_seconds": cpu, "ok": error is None, "error": error,
+            "slowest_cells": slowest_cells(nb)}
+
+
+def slowest_cells(nb, n: int = 3) -> list[dict]:
+    """The ``n`` code cells that took longest, from the timestamps nbclient records in each cell:
+    where to look first when a page runs over its budget."""
+    timed = []
+    for index, cell in enumerate(nb.cells):
+        stamps = cell.get("metadata", {}).get("execution", {})
+        if cell.cell_type == "code" and "iopub.execute_input" in stamps and "shell.execute_reply" in stamps:
+            took = (datetime.fromisoformat(stamps["shell.execute_reply"].replace("Z", "+00:00"))
+                    - datetime.fromisoformat(stamps["iopub.execute_input"].replace("Z", "+00:00"))).total_seconds()
+            first_line = next((line for line in cell.source.splitlines() if line.strip()), "")
+            timed.append({"cell": index, "seconds": round(took, 1), "starts": first_line[:80]})
+    return sorted(timed, key=lambda t: -t["seconds"])[:n]
 
 
 def main() -> None:
