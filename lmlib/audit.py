@@ -346,7 +346,8 @@ def counterfactual_shift(predict_proba: Callable[[list[str]], Tensor], texts: Se
     """Swap words in every text and compare the classifier's predictions before and after.
 
     ``predict_proba(list of texts) -> (N, n_classes)`` class probabilities. A fair classifier in
-    the counterfactual sense (Garg et al. 2019) predicts the same for a text and its swap.
+    the sense of Garg et al. 2019's counterfactual token fairness (CTF) predicts the same for a
+    text and its swap; the mean absolute shift of the positive class is their CTF gap.
     """
     swapped = [swap_words(t, pairs) for t in texts]
     changed = [i for i, (a, b) in enumerate(zip(texts, swapped)) if a != b]

@@ -482,8 +482,9 @@ class GPT(nn.Module):
 
         Forward: 2 per weight of every matrix multiply (attention and MLP projections and the
         output head), plus attention's own products, q k^T and weights @ v, 2 * 2 * seq_len *
-        n_embd per layer at context ``seq_len`` (default ``block_size``; counted without the causal
-        half, as kernels compute it). With ``backward`` (the default, what
+        n_embd per layer at context ``seq_len`` (default ``block_size``). This counts the full
+        T x T product, as a dense kernel and the explicit path compute it; a fused causal kernel
+        skips the masked half, about half of these attention FLOPs. With ``backward`` (the default, what
         :class:`lmlib.train.Trainer` wants for MFU) the backward pass costs twice the forward: x 3.
         Norms, softmax and activations are a few operations per feature and are left out.
         """
