@@ -93,6 +93,8 @@ def attention_heads(weights, tokens: Sequence[str], *, title: str = "", ncols: i
 def _describe_axes(ax) -> str:
     title = " ".join(t for t in (ax.get_title("left"), ax.get_title(), ax.get_title("right")) if t)
     xlabel, ylabel = ax.get_xlabel(), ax.get_ylabel()
+    if not xlabel:  # a stacked panel whose shared x axis is labelled once, at the bottom
+        xlabel = next((a.get_xlabel() for a in ax.get_shared_x_axes().get_siblings(ax) if a.get_xlabel()), "")
     if ax.images:
         kind = "heat map"
     elif ax.containers and not ax.get_lines():
@@ -104,8 +106,10 @@ def _describe_axes(ax) -> str:
     else:
         kind = "panel"
     words = [f"{kind} \u201c{title}\u201d" if title else kind]
-    if ylabel or xlabel:
-        words.append(f"of {ylabel or 'values'} against {xlabel or 'position'}")
+    if ylabel and xlabel:
+        words.append(f"of {ylabel} against {xlabel}")
+    elif ylabel or xlabel:
+        words.append(f"of {ylabel}" if ylabel else f"against {xlabel}")
     legend = ax.get_legend()
     if legend is not None:
         labels = [t.get_text() for t in legend.get_texts() if t.get_text()]
