@@ -212,3 +212,19 @@ def test_phone_menu_opens_the_chapter_list(site, served, browser):
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "phone_menu.png"))
     page.close()
+
+
+@pytest.mark.book
+def test_search_ranks_the_teaching_page_first_and_shows_no_raw_math(site, served, browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"{served}/search.html?q=softmax", wait_until="networkidle")
+    page.wait_for_selector("#search-results ul.search li", timeout=20000)
+    page.wait_for_timeout(1500)  # the snippets are filled in as each page is fetched
+    results = page.eval_on_selector_all("#search-results ul.search li", """items => items.map(li => ({
+        href: li.querySelector('a').getAttribute('href'),
+        snippet: (li.querySelector('p.context') || {}).textContent || ''}))""")
+    page.close()
+    assert results, "no search results for 'softmax'"
+    assert "glossary" not in results[0]["href"] and "bibliography" not in results[0]["href"], results[:3]
+    raw = [r for r in results if "\\(" in r["snippet"] or "\\[" in r["snippet"] or "\\frac" in r["snippet"]]
+    assert not raw, f"search snippets show raw TeX: {raw[:2]}"

@@ -23,13 +23,19 @@ document.addEventListener("DOMContentLoaded", () => {
     img.replaceWith(link);
     link.appendChild(img);
   });
-  // Search: the page that teaches a term ranks above its glossary entry and the bibliography,
-  // and result snippets leave out math (raw TeX before MathJax typesets it).
+  // Search: the page that teaches a term ranks above its glossary entry and the bibliography
+  // (their index entries score up to 100, a page's text 5 per word), and result snippets show the
+  // page's prose: no raw TeX (math is typeset only on the page), no sidebar or cost box.
   if (typeof Scorer !== "undefined" && typeof Search !== "undefined") {
     Scorer.score = ([docname, , , , score]) =>
-      /appendix\/(glossary|bibliography)$/.test(docname) ? score - 10 : score;
+      /appendix\/(glossary|bibliography)$/.test(docname) ? Math.min(score, 1) : score;
     const toText = Search.htmlToText;
-    Search.htmlToText = (html, anchor) => toText(
-      html.replace(/<(span|div)\b[^>]*class="[^"]*\bmath\b[^"]*"[^>]*>[\s\S]*?<\/\1>/g, " "), anchor);
+    Search.htmlToText = (html, anchor) => {
+      const doc = new DOMParser().parseFromString(html, "text/html");
+      doc.querySelectorAll(".math, .bd-sidebar-secondary, .bd-header-article, .onlyprint, .prev-next-footer, " +
+                           ".notebook-cost, .cell_input, .cell_output, script, style")
+        .forEach((element) => element.remove());
+      return toText(doc.documentElement.outerHTML, anchor);
+    };
   }
 });
