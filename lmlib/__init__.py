@@ -9,7 +9,7 @@ The package is flat, but its modules form three layers (:data:`LAYERS`; a test k
 
 - **core**, the language-model engine: where and how big a run is (``presets``, ``device``), data
   and tokens (``data``, ``tokenizers``), the model (``attention``, ``model``), using it
-  (``generate``, ``metrics``) and training it (``train``, ``checkpoint``). Core modules import
+  (``generate``, ``metrics``) and training it (``optim``, ``train``, ``checkpoint``). Core modules import
   only core modules.
 - **applications**, one module per chapter topic, built on the core: n-grams and RNNs (chapter
   1), deduplication and published weights (4: GPT-2 from the Hub, llama2.c's Llama),
@@ -30,7 +30,7 @@ __version__ = "0.1.0"
 #: The three layers of the package, each a tuple of module names (see the module docstring).
 LAYERS = {
     "core": ("presets", "device", "data", "tokenizers", "attention", "model", "generate", "metrics",
-             "checkpoint", "train"),
+             "checkpoint", "optim", "train"),
     "applications": ("ngram", "rnn", "dedup", "corpus", "pretrained", "hub", "llama2c", "classify", "seq2seq",
                      "instruct", "lora", "spans", "compress", "cost", "privacy", "audit", "interpret"),
     "book": ("book", "plot", "widgets", "recipes", "chat", "dialogue", "evals", "assistant", "exercises"),

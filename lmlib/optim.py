@@ -1,0 +1,114 @@
+"""Muon: momentum whose update is orthogonalised, for the weight matrices inside the blocks.
+
+Chapter 4 ("what the speedruns learned") derives it. For a weight matrix W, plain momentum steps
+along the momentum matrix M. Most of M's size sits in a few directions (its largest singular
+values), so those directions take big steps while the rest barely move. Muon keeps M's singular
+vectors and sets every singular value to about 1: with M = U S V^T it steps along U V^T, the
+orthogonal matrix nearest to M. Computing U V^T by an SVD is slow on a GPU; a few Newton-Schulz
+iterations get close with matrix products only (:func:`orthogonalize`).
+
+Muon is for 2-D matrices of the hidden layers. Embeddings, the output head, norms and biases
+keep AdamW (:func:`lmlib.train.param_groups` tells them apart).
+
+API:
+    orthogonalize(matrix, steps=5, coefficients=QUINTIC, eps=1e-7) -> Tensor
+    Muon(params, lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.0)
+    QUINTIC, CUBIC                                                    # Newton-Schulz coefficients
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+__all__ = ["orthogonalize", "Muon", "QUINTIC", "CUBIC"]
+
+#: Coefficients (a, b, c) of the quintic iteration X <- a X + b (X X^T) X + c (X X^T)^2 X that
+#: Muon's authors tuned to push every singular value in (0, 1] into a band around 1 (for a random
+#: Gaussian matrix, 0.68 to 1.2) in five steps (Jordan et al. 2024). The steep slope at 0 (a = 3.4) lifts small singular values quickly;
+#: the price is that the values oscillate around 1 instead of converging to it.
+QUINTIC = (3.4445, -4.7750, 2.0315)
+#: The classic cubic iteration X <- 1.5 X - 0.5 (X X^T) X: it converges to U V^T exactly, but
+#: small singular values need many steps to grow.
+CUBIC = (1.5, -0.5, 0.0)
+
+
+def orthogonalize(matrix: Tensor, steps: int = 5, coefficients: tuple[float, float, float] = QUINTIC,
+                  eps: float = 1e-7) -> Tensor:
+    """Approximately U V^T for ``matrix`` = U S V^T, by Newton-Schulz iterations (matrix products only).
+
+    The matrix is first divided by its Frobenius norm, which bounds the largest singular value by
+    1. Each iteration X <- a X + b (X X^T) X + c (X X^T)^2 X maps every singular value s to
+    a s + b s^3 + c s^5 and leaves the singular vectors alone. The products are taken on the
+    smaller side (X X^T is min(m, n) square), so a tall matrix is transposed first.
+    """
+    if matrix.dim() != 2:
+        raise ValueError(f"orthogonalize needs a 2-D matrix, got shape {tuple(matrix.shape)}.")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}.")
+    a, b, c = coefficients
+    x = matrix.float()
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    x = x / (x.norm() + eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.T if tall else x).to(matrix.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Momentum SGD whose step is the orthogonalised momentum, for 2-D weight matrices.
+
+    Per matrix W (m x n) with gradient G: the buffer B <- momentum * B + G; the direction is
+    G + momentum * B with ``nesterov`` (else B); the step is
+    ``W <- W - lr * sqrt(max(1, m / n)) * orthogonalize(direction)``. An orthogonal m x n matrix
+    (m <= n) has rows of length 1, so its entries are about 1/sqrt(n); the factor keeps the
+    update's size per entry the same for tall matrices. ``weight_decay`` is decoupled, as in
+    AdamW: W <- W (1 - lr * weight_decay) before the step.
+    """
+
+    def __init__(self, params: Iterable, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
+                 ns_steps: int = 5, weight_decay: float = 0.0) -> None:
+        if lr <= 0:
+            raise ValueError(f"Muon's lr must be > 0, got {lr} (0.02 is usual).")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"Muon's momentum must be in [0, 1), got {momentum} (0.95 is usual).")
+        if ns_steps < 1:
+            raise ValueError(f"Muon's ns_steps must be >= 1, got {ns_steps} (5 is usual).")
+        if weight_decay < 0:
+            raise ValueError(f"Muon's weight_decay must be >= 0, got {weight_decay}.")
+        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.dim() != 2:
+                    names = group.get("names")
+                    raise ValueError(
+                        f"Muon updates 2-D weight matrices only, got a parameter of shape {tuple(p.shape)}"
+                        + (f" (in group {names[:3]}...)" if names else "")
+                        + ": give embeddings' vectors, norms and biases to AdamW (lmlib.train.param_groups).")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, momentum = group["lr"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buffer = self.state[p].get("momentum_buffer")
+                if buffer is None:
+                    buffer = self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
+                buffer.mul_(momentum).add_(p.grad)
+                direction = p.grad.add(buffer, alpha=momentum) if group["nesterov"] else buffer
+                update = orthogonalize(direction, group["ns_steps"])
+                if group["weight_decay"]:
+                    p.mul_(1 - lr * group["weight_decay"])
+                p.add_(update, alpha=-lr * max(1.0, p.shape[0] / p.shape[1]) ** 0.5)
+        return loss

@@ -1,0 +1,86 @@
+"""Muon (lmlib.optim): its Newton-Schulz orthogonalisation against an SVD, and its update rule."""
+import pytest
+import torch
+
+from lmlib.optim import CUBIC, QUINTIC, Muon, orthogonalize
+
+
+def _matrix(m, n, singular_values, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    u, _ = torch.linalg.qr(torch.randn(m, m, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    k = min(m, n)
+    return u[:, :k] @ torch.diag(torch.as_tensor(singular_values, dtype=torch.float64)) @ v[:, :k].T, u[:, :k], v[:, :k]
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (6, 10), (12, 5)])
+def test_the_cubic_iteration_converges_to_the_polar_factor_of_an_svd(shape):
+    m, n = shape
+    matrix, u, v = _matrix(m, n, torch.linspace(0.4, 2.0, min(m, n)))
+    torch.testing.assert_close(orthogonalize(matrix, steps=40, coefficients=CUBIC), u @ v.T, atol=1e-6, rtol=0)
+    exact = torch.linalg.svd(matrix, full_matrices=False)
+    torch.testing.assert_close(u @ v.T, exact.U @ exact.Vh, atol=1e-10, rtol=0)  # the reference is the SVD's U V^T
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (32, 96), (96, 32)])
+def test_five_quintic_steps_keep_the_singular_vectors_and_move_the_values_near_1(shape):
+    torch.manual_seed(0)
+    gradient = torch.randn(*shape, dtype=torch.float64)
+    svd = torch.linalg.svd(gradient, full_matrices=False)
+    out = orthogonalize(gradient, steps=5, coefficients=QUINTIC)
+    in_gradient_basis = svd.U.T @ out @ svd.Vh.T  # diagonal iff the singular vectors are kept
+    diagonal = torch.diagonal(in_gradient_basis)
+    torch.testing.assert_close(in_gradient_basis, torch.diag(diagonal), atol=1e-5, rtol=0)  # float32 products
+    kept = svd.S > 1e-3 * svd.S[0]  # a vanishing singular value cannot be lifted in five steps
+    assert diagonal[kept].min() > 0.6 and diagonal.max() < 1.25, diagonal
+    assert orthogonalize(gradient.float()).dtype == torch.float32
+
+
+def test_orthogonalize_refuses_what_it_cannot_do():
+    with pytest.raises(ValueError, match="2-D"):
+        orthogonalize(torch.randn(2, 3, 4))
+    with pytest.raises(ValueError, match="steps"):
+        orthogonalize(torch.randn(3, 3), steps=-1)
+
+
+def test_one_muon_step_by_hand():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(12, 4, dtype=torch.float64))
+    start = w.detach().clone()
+    grads = [torch.randn(12, 4, dtype=torch.float64) for _ in range(2)]
+    opt = Muon([w], lr=0.1, momentum=0.9, weight_decay=0.5)
+    buffer = torch.zeros_like(start)
+    expected = start.clone()
+    for g in grads:
+        w.grad = g.clone()
+        opt.step()
+        buffer = 0.9 * buffer + g
+        expected = expected * (1 - 0.1 * 0.5) - 0.1 * (12 / 4) ** 0.5 * orthogonalize(g + 0.9 * buffer)
+    torch.testing.assert_close(w.detach(), expected)
+
+
+def test_muon_lowers_a_matrix_regression_loss():
+    torch.manual_seed(0)
+    target = torch.randn(16, 16)
+    x = torch.randn(256, 16)
+    w = torch.nn.Parameter(torch.zeros(16, 16))
+    opt = Muon([w], lr=0.5)  # each step moves w by at most lr in spectral norm; the target's is about 8
+    steps = 100
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / steps)  # a constant-size step
+    losses = []                                                                       # needs a decaying lr
+    for _ in range(steps):
+        loss = ((x @ w - x @ target) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        schedule.step()
+        losses.append(loss.item())
+    assert losses[-1] < 1e-3 * losses[0]
+
+
+def test_muon_refuses_vectors_and_bad_settings():
+    with pytest.raises(ValueError, match="2-D weight matrices only.*AdamW"):
+        Muon([torch.nn.Parameter(torch.zeros(4))])
+    for bad in (dict(lr=0), dict(momentum=1.0), dict(ns_steps=0), dict(weight_decay=-1)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            Muon([torch.nn.Parameter(torch.zeros(2, 2))], **bad)
