@@ -8,12 +8,15 @@ orthogonal matrix nearest to M. Computing U V^T by an SVD is slow on a GPU; a fe
 iterations get close with matrix products only (:func:`orthogonalize`).
 
 Muon is for 2-D matrices of the hidden layers. Embeddings, the output head, norms and biases
-keep AdamW (:func:`lmlib.train.param_groups` tells them apart).
+keep AdamW: a parameter group with ``algorithm="adamw"`` is updated by AdamW's rule in the same
+optimizer (one object for the scheduler, the gradient scaler and the checkpoint);
+:func:`lmlib.train.muon_groups` makes the split.
 
 API:
     orthogonalize(matrix, steps=5, coefficients=QUINTIC, eps=1e-7) -> Tensor
-    Muon(params, lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.0)
-    QUINTIC, CUBIC                                                    # Newton-Schulz coefficients
+    Muon(params, lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.0,
+         betas=(0.9, 0.95), eps=1e-8)                    # groups: algorithm="muon" or "adamw"
+    QUINTIC, CUBIC                                       # Newton-Schulz coefficients
 """
 from __future__ import annotations
 
@@ -60,7 +63,8 @@ def orthogonalize(matrix: Tensor, steps: int = 5, coefficients: tuple[float, flo
 
 
 class Muon(torch.optim.Optimizer):
-    """Momentum SGD whose step is the orthogonalised momentum, for 2-D weight matrices.
+    """Momentum SGD whose step is the orthogonalised momentum, for 2-D weight matrices; AdamW for
+    the groups that say ``algorithm="adamw"`` (their ``lr``, ``betas``, ``eps``, ``weight_decay``).
 
     Per matrix W (m x n) with gradient G: the buffer B <- momentum * B + G; the direction is
     G + momentum * B with ``nesterov`` (else B); the step is
@@ -71,7 +75,8 @@ class Muon(torch.optim.Optimizer):
     """
 
     def __init__(self, params: Iterable, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
-                 ns_steps: int = 5, weight_decay: float = 0.0) -> None:
+                 ns_steps: int = 5, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.95),
+                 eps: float = 1e-8) -> None:
         if lr <= 0:
             raise ValueError(f"Muon's lr must be > 0, got {lr} (0.02 is usual).")
         if not 0 <= momentum < 1:
@@ -80,9 +85,14 @@ class Muon(torch.optim.Optimizer):
             raise ValueError(f"Muon's ns_steps must be >= 1, got {ns_steps} (5 is usual).")
         if weight_decay < 0:
             raise ValueError(f"Muon's weight_decay must be >= 0, got {weight_decay}.")
-        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay)
+        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay,
+                        betas=betas, eps=eps, algorithm="muon")
         super().__init__(params, defaults)
         for group in self.param_groups:
+            if group["algorithm"] not in ("muon", "adamw"):
+                raise ValueError(f"A parameter group's algorithm must be 'muon' or 'adamw', got {group['algorithm']!r}.")
+            if group["algorithm"] == "adamw":
+                continue
             for p in group["params"]:
                 if p.dim() != 2:
                     names = group.get("names")
@@ -98,6 +108,9 @@ class Muon(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            if group["algorithm"] == "adamw":
+                self._adamw_step(group)
+                continue
             lr, momentum = group["lr"], group["momentum"]
             for p in group["params"]:
                 if p.grad is None:
@@ -112,3 +125,19 @@ class Muon(torch.optim.Optimizer):
                     p.mul_(1 - lr * group["weight_decay"])
                 p.add_(update, alpha=-lr * max(1.0, p.shape[0] / p.shape[1]) ** 0.5)
         return loss
+
+    def _adamw_step(self, group: dict) -> None:
+        """AdamW's update (Loshchilov and Hutter 2019), as torch.optim.AdamW computes it."""
+        (beta1, beta2), lr = group["betas"], group["lr"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if not state:
+                state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+            state["step"] += 1
+            state["exp_avg"].lerp_(p.grad, 1 - beta1)
+            state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+            p.mul_(1 - lr * group["weight_decay"])
+            denominator = (state["exp_avg_sq"].sqrt() / (1 - beta2 ** state["step"]) ** 0.5).add_(group["eps"])
+            p.addcdiv_(state["exp_avg"], denominator, value=-lr / (1 - beta1 ** state["step"]))

@@ -23,7 +23,7 @@ or mix them), and ``fit()`` refuses a ``checkpoint_dir`` holding checkpoints of 
 API::
 
     TrainConfig(max_steps=1000, lr=3e-4, min_lr=None, warmup_steps=None, weight_decay=0.1,
-                betas=(0.9, 0.95), eps=1e-8, grad_clip=1.0, grad_accum_steps=1, eval_every=250,
+                optimizer="adamw", muon_lr=0.02, betas=(0.9, 0.95), eps=1e-8, grad_clip=1.0, grad_accum_steps=1, eval_every=250,
                 eval_steps=20, log_every=None, checkpoint_every=None, checkpoint_dir=None,
                 keep_last=3, compile=False, precision=None, device=None, seed=0, progress=True)
     Trainer(model, config, train_batches, val_batches=None, flops_per_token=None)
@@ -36,6 +36,7 @@ API::
     History(step, train_loss, lr, tokens_per_s, mfu, val_step, val_loss, interrupted)
     plot_history(history, axes=None) -> axes
     param_groups(model, weight_decay) -> list[dict]   # "decay" and "no_decay", with names
+    muon_groups(model, weight_decay, lr, muon_lr) -> list[dict]  # hidden matrices to Muon, the rest AdamW
     lr_at(step, lr, min_lr, warmup_steps, max_steps) -> float
     token_batches(tokens, block_size, batch_size) -> batch_fn
     lm_loss(logits, targets) -> Tensor
@@ -66,13 +67,14 @@ from tqdm.auto import tqdm
 from lmlib import checkpoint as ckpt
 from lmlib.checkpoint import CheckpointError
 from lmlib.data import check_targets, window_batches
+from lmlib.optim import Muon
 from lmlib.device import PRECISIONS, Runtime, runtime
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 BatchFn = Callable[[torch.Generator], Batch]
 
 __all__ = [
-    "TrainConfig", "Trainer", "History", "plot_history", "param_groups", "lr_at", "token_batches",
+    "TrainConfig", "Trainer", "History", "plot_history", "param_groups", "muon_groups", "lr_at", "token_batches",
     "lm_loss", "data_seed", "RESUME_MAY_CHANGE", "CheckpointError",
 ]
 
@@ -104,6 +106,8 @@ class TrainConfig:
     min_lr: float | None = None
     warmup_steps: int | None = None
     weight_decay: float = 0.1
+    optimizer: str = "adamw"
+    muon_lr: float = 0.02
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     grad_clip: float | None = 1.0
@@ -152,6 +156,10 @@ class TrainConfig:
             raise bad("min_lr", f"must be between 0 and lr={self.lr}")
         if not is_num(self.weight_decay) or self.weight_decay < 0:
             raise bad("weight_decay", "must be >= 0 (0.1 is usual for transformers)")
+        if self.optimizer not in ("adamw", "muon"):
+            raise bad("optimizer", "must be 'adamw' or 'muon' (Muon for the hidden matrices, AdamW for the rest)")
+        if not is_num(self.muon_lr) or self.muon_lr <= 0:
+            raise bad("muon_lr", "must be > 0 (0.02 is usual)")
         if (not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2
                 or not all(is_num(b) and 0 <= b < 1 for b in self.betas)):
             raise bad("betas", "must be two numbers in [0, 1), e.g. (0.9, 0.95)")
@@ -218,6 +226,24 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         {"params": decay[1], "names": decay[0], "weight_decay": float(weight_decay), "group": "decay"},
         {"params": no_decay[1], "names": no_decay[0], "weight_decay": 0.0, "group": "no_decay"},
     ]
+
+
+def muon_groups(model: nn.Module, weight_decay: float, lr: float, muon_lr: float) -> list[dict]:
+    """:func:`param_groups` for :class:`lmlib.optim.Muon`: the hidden layers' weight matrices (every
+    ``nn.Linear`` weight but an output head's, by its name) in a ``"muon"`` group at ``muon_lr``;
+    the rest (embeddings, the head, norms, biases) keep AdamW at ``lr``, decayed as before."""
+    hidden = {id(m.weight) for name, m in model.named_modules()
+              if isinstance(m, nn.Linear) and "head" not in name.rsplit(".", 1)[-1]}
+    groups = []
+    for group in param_groups(model, weight_decay):
+        muon = [(n, p) for n, p in zip(group["names"], group["params"]) if id(p) in hidden and p.dim() == 2]
+        rest = [(n, p) for n, p in zip(group["names"], group["params"]) if not (id(p) in hidden and p.dim() == 2)]
+        for members, algorithm, group_lr in ((muon, "muon", muon_lr), (rest, "adamw", lr)):
+            if members:
+                groups.append({"params": [p for _, p in members], "names": [n for n, _ in members],
+                               "weight_decay": group["weight_decay"], "group": f"{group['group']}/{algorithm}",
+                               "algorithm": algorithm, "lr": group_lr})
+    return groups
 
 
 def lr_at(step: int, lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> float:
@@ -350,7 +376,7 @@ class _DeferInterrupt:
 
 # ----------------------------------------------------------------------------- the trainer
 class Trainer:
-    """Train ``model`` (``model(x, targets=y) -> (logits, loss)``) with AdamW under ``config``.
+    """Train ``model`` (``model(x, targets=y) -> (logits, loss)``) with AdamW (or Muon, ``optimizer="muon"``) under ``config``.
 
     See the module docstring for the batch sources. ``flops_per_token`` (forward + backward) is
     used for MFU; by default it is ``6 * parameters``, the usual estimate that ignores attention.
@@ -384,7 +410,11 @@ class Trainer:
         torch.manual_seed(config.seed + self.rank)
 
         self.raw_model = model.to(self.device)
-        self.optimizer = _adamw(param_groups(model, config.weight_decay), config, self.device)
+        if config.optimizer == "muon":
+            self.optimizer = Muon(muon_groups(model, config.weight_decay, config.lr, config.muon_lr),
+                                  betas=config.betas, eps=config.eps)
+        else:
+            self.optimizer = _adamw(param_groups(model, config.weight_decay), config, self.device)
         schedule = _WarmupCosine(config.lr, config.min_lr, config.warmup_steps, config.max_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.scaler = self.precision.make_grad_scaler()

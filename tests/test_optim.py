@@ -84,3 +84,49 @@ def test_muon_refuses_vectors_and_bad_settings():
     for bad in (dict(lr=0), dict(momentum=1.0), dict(ns_steps=0), dict(weight_decay=-1)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             Muon([torch.nn.Parameter(torch.zeros(2, 2))], **bad)
+
+
+def test_the_adamw_groups_follow_torch_adamw():
+    torch.manual_seed(0)
+    start = torch.randn(5, 3, dtype=torch.float64)
+    ours, theirs = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    mine = Muon([{"params": [ours], "algorithm": "adamw", "lr": 1e-2, "weight_decay": 0.1}], betas=(0.8, 0.9), eps=1e-6)
+    reference = torch.optim.AdamW([theirs], lr=1e-2, weight_decay=0.1, betas=(0.8, 0.9), eps=1e-6)
+    for _ in range(5):
+        g = torch.randn(5, 3, dtype=torch.float64)
+        ours.grad, theirs.grad = g.clone(), g.clone()
+        mine.step()
+        reference.step()
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="algorithm"):
+        Muon([{"params": [torch.nn.Parameter(torch.zeros(2, 2))], "algorithm": "sgd"}])
+
+
+def test_the_trainer_with_muon_learns_and_resumes_exactly(tmp_path):
+    from lmlib import train as T
+    from lmlib.model import GPT, GPTConfig
+
+    data = torch.arange(4000) % 13  # a cycle: the loss must fall towards 0
+
+    def run(steps, folder=None, resume=False):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=13, block_size=16, n_layer=2, n_head=2, n_embd=32, tie_weights=False))
+        cfg = T.TrainConfig(max_steps=40, lr=3e-3, muon_lr=0.02, optimizer="muon", eval_every=None, progress=False,
+                            checkpoint_dir=folder)
+        trainer = T.Trainer(model, cfg, T.token_batches(data, 16, 8))
+        if resume:
+            trainer.load_checkpoint()
+        trainer.config.max_steps = steps  # stop early to simulate an interruption (same schedule)
+        return trainer, trainer.fit()
+
+    whole, history = run(40)
+    groups = {g["group"]: g for g in whole.optimizer.param_groups}
+    assert set(groups) == {"decay/muon", "decay/adamw", "no_decay/adamw"}
+    assert "lm_head.weight" in groups["decay/adamw"]["names"] and "wte.weight" in groups["no_decay/adamw"]["names"]
+    assert all(n.startswith("blocks.") for n in groups["decay/muon"]["names"])
+    assert history.train_loss[-1] < 0.5 * history.train_loss[0]
+    first, _ = run(20, tmp_path)
+    first.save_checkpoint()
+    resumed, _ = run(40, tmp_path, resume=True)
+    for (name, a), b in zip(whole.raw_model.state_dict().items(), resumed.raw_model.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=f"{name} differs after resuming")
