@@ -35,7 +35,7 @@ def heatmap(
         if labels is not None:
             if len(labels) != matrix.shape[axis]:
                 raise ValueError(f"Got {len(labels)} labels for an axis of length {matrix.shape[axis]}.")
-            setter(range(len(labels)), [repr(l)[1:-1] for l in labels], fontsize=7)
+            setter(range(len(labels)), [repr(l)[1:-1] for l in labels], fontsize=8)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     if colorbar:
         ax.figure.colorbar(image, ax=ax)
