@@ -63,10 +63,11 @@ def curves(
     return ax
 
 
-def attention_heads(weights, tokens: Sequence[str], *, title: str = "", ncols: int = 4, size: float = 1.6):
+def attention_heads(weights, tokens: Sequence[str], *, title: str = "", ncols: int = 2, size: float = 3.2):
     """A grid of attention maps, one per head, from weights of shape (heads, T, T) (chapter 2).
 
-    The static twin of ``lmlib.widgets.attention_explorer`` for the website. Returns the figure.
+    The static twin of ``lmlib.widgets.attention_explorer`` for the website: at most about 7
+    inches wide, words on the outer axes only. Returns the figure.
     """
     weights = torch.as_tensor(weights).detach().float().cpu()
     if weights.dim() != 3 or weights.shape[1:] != (len(tokens), len(tokens)):
@@ -80,10 +81,13 @@ def attention_heads(weights, tokens: Sequence[str], *, title: str = "", ncols: i
         if h >= H:
             ax.axis("off")
             continue
+        row, col = divmod(h, ncols)
         ax.imshow(weights[h].numpy(), cmap="viridis", vmin=0, vmax=1)
-        ax.set_title(f"head {h}", fontsize=9)
-        ax.set_xticks(range(T), labels if T <= 16 else [""] * T, rotation=90, fontsize=7)
-        ax.set_yticks(range(T), labels if (T <= 16 and h % ncols == 0) else [""] * T, fontsize=7)
+        ax.set_title(f"head {h}", fontsize=10)
+        bottom, left = row == nrows - 1 or h + ncols >= H, col == 0
+        ax.set_xticks(range(T), labels if (T <= 24 and bottom) else [""] * T, rotation=90, fontsize=8)
+        ax.set_yticks(range(T), labels if (T <= 24 and left) else [""] * T, fontsize=8)
+        ax.set(xlabel="key (attended to)" if bottom else "", ylabel="query (attending)" if left else "")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -124,13 +124,13 @@ def attention_explorer(
         w = weights[layer].mean(0) if head < 0 else weights[layer, head]
         ax_map, ax_row = fig.subplots(2, 1, gridspec_kw={"height_ratios": [1.6, 1]})
         ax_map.imshow(w.numpy(), cmap="viridis", vmin=0, vmax=1)
-        ax_map.set_xticks(range(T), labels, rotation=90, fontsize=8)
-        ax_map.set_yticks(range(T), labels, fontsize=8)
+        ax_map.set_xticks(range(T), labels, rotation=90, fontsize=9)
+        ax_map.set_yticks(range(T), labels, fontsize=9)
         ax_map.set_title("mean attention of all heads" if head < 0 else f"attention of head {head}")
         ax_map.add_patch(plt.Rectangle((-0.5, query - 0.5), T, 1, fill=False, edgecolor="red", lw=1.5))
         ax_map.set(xlabel="key (attended to)", ylabel="query (attending)")
         ax_row.bar(range(T), w[query].numpy(), color="tab:blue")
-        ax_row.set_xticks(range(T), labels, rotation=90, fontsize=8)
+        ax_row.set_xticks(range(T), labels, rotation=90, fontsize=9)
         ax_row.set(ylim=(0, 1), xlabel="key (attended to)", ylabel="weight",
                    title=f"the weights of query {query} ({labels[query]!s})")
         fig.tight_layout()
