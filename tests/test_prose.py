@@ -91,3 +91,25 @@ def test_ends_with_what_we_learned_and_a_pointer_to_the_next_page(path):
     target = Path(following).name
     assert re.search(rf"\]\((?:\.\./[\w]+/)?{re.escape(target)}\.(?:ipynb|md)\)", summary), \
         f"{path.name}: the summary does not link the next page ({following})"
+
+
+def test_every_figure_file_exists_and_each_diagram_describes_itself():
+    """A diagram the prose shows is in the repository, and has the <title> and <desc> a screen
+    reader announces (CONTRIBUTING's "Diagrams")."""
+    import xml.etree.ElementTree as ET
+
+    shown = set()
+    for path in NOTEBOOKS:
+        for cell in _markdown_cells(path):
+            for target in re.findall(r"```\{figure\}\s+(\S+)", cell):
+                file = (path.parent / target).resolve()
+                assert file.is_file(), f"{path.name}: figure {target} does not exist"
+                shown.add(file)
+    diagrams = sorted((ROOT / "images" / "diagrams").glob("*.svg"))
+    assert diagrams and set(diagrams) <= shown, f"diagrams no page shows: {set(diagrams) - shown}"
+    ns = "{http://www.w3.org/2000/svg}"
+    for svg in diagrams:
+        root = ET.parse(svg).getroot()
+        tags = [child.tag for child in root][:2]
+        assert tags == [f"{ns}title", f"{ns}desc"], f"{svg.name}: <title> and <desc> must come first, got {tags}"
+        assert root.get("viewBox", "").startswith("0 0 680 "), f"{svg.name}: the canvas is 680 units wide"
