@@ -103,7 +103,13 @@ def server():
 
 @pytest.fixture(scope="session")
 def site(tmp_path_factory):
-    """The website built once per test session, strictly (-W), at the current scale preset."""
+    """The website built once per test session, strictly (-W), at the current scale preset.
+
+    ``LMLIB_SITE=<folder>/_build/html`` checks a site built before instead (quick reruns of the
+    site tests while working on them); ``make test`` always builds.
+    """
+    if os.environ.get("LMLIB_SITE"):
+        return Path(os.environ["LMLIB_SITE"])
     out = tmp_path_factory.mktemp("book")
     jb = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or "jupyter-book"
     env = {**os.environ, "LMLIB_SCALE": os.environ.get("LMLIB_SCALE", "smoke")}

@@ -81,7 +81,7 @@ WIDGET_FALLBACKS = """() => Array.from(document.querySelectorAll('div.cell'))
 # Alt text that is missing, or only a file name (a plot's would otherwise be its hash path).
 IMAGES_WITHOUT_ALT = """() => Array.from(document.querySelectorAll('main img'))
   .filter(i => { const a = (i.getAttribute('alt') || '').trim();
-                 return a.length < 12 || /\\.(png|svg|jpe?g|gif)$/i.test(a) || /[0-9a-f]{32}/.test(a); })
+                 return a.length < 6 || /\\.(png|svg|jpe?g|gif)$/i.test(a) || /[0-9a-f]{32}/.test(a); })
   .map(i => i.getAttribute('src'))"""
 # A tqdm bar as its widget's text fallback shows it before the first update.
 FROZEN_BAR = re.compile(r"(?<![\d.])0%\|[^\n|]*\|\s*0/\d+")
