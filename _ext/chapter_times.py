@@ -116,7 +116,7 @@ class MeasuredTimes(SphinxDirective):
 
     def run(self):
         times = measured_times(self.env.srcdir)
-        self.env.note_dependency(str(Path(self.env.srcdir) / "benchmarks" / "results" / "cpu_notebook_times.json"))
+        self.env.note_dependency(str(measured_times_path(self.env.srcdir)))
         runs = times.get("notebooks", {})
         if not runs:
             return [nodes.paragraph(text="No notebook has been timed at the cpu preset yet.")]
@@ -134,9 +134,14 @@ class MeasuredTimes(SphinxDirective):
         return [_table(rows), caption]
 
 
+def measured_times_path(srcdir: str | Path) -> Path:
+    """Where ``benchmarks/notebook_times.py`` writes its ``cpu`` measurements."""
+    return Path(srcdir) / "benchmarks" / "results" / "cpu_notebook_times.json"
+
+
 def measured_times(srcdir: str | Path) -> dict:
     """``benchmarks/results/cpu_notebook_times.json`` (``{}`` if the script has not been run)."""
-    path = Path(srcdir) / "benchmarks" / "results" / "cpu_notebook_times.json"
+    path = measured_times_path(srcdir)
     return json.loads(path.read_text()) if path.is_file() else {}
 
 

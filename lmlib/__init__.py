@@ -9,8 +9,8 @@ The package is flat, but its modules form three layers (:data:`LAYERS`; a test k
 
 - **core**, the language-model engine: where and how big a run is (``presets``, ``device``), data
   and tokens (``data``, ``tokenizers``), the model (``attention``, ``model``), using it
-  (``generate``, ``metrics``) and training it (``optim``, ``train``, ``checkpoint``). Core modules import
-  only core modules.
+  (``generate``, ``metrics``) and training it (``optim``, ``train``, ``checkpoint``). Core
+  modules import only core modules.
 - **applications**, one module per chapter topic, built on the core: n-grams and RNNs (chapter
   1), deduplication and published weights (4: GPT-2 from the Hub, llama2.c's Llama),
   classification, translation, instructions, LoRA and span tasks (5), compression, cost,

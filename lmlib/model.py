@@ -484,8 +484,8 @@ class GPT(nn.Module):
         output head), plus attention's own products, q k^T and weights @ v, 2 * 2 * seq_len *
         n_embd per layer at context ``seq_len`` (default ``block_size``). This counts the full
         T x T product, as a dense kernel and the explicit path compute it; a fused causal kernel
-        skips the masked half, about half of these attention FLOPs. With ``backward`` (the default, what
-        :class:`lmlib.train.Trainer` wants for MFU) the backward pass costs twice the forward: x 3.
+        skips the masked half, about half of these attention FLOPs. With ``backward`` (the
+        default, what :class:`lmlib.train.Trainer` wants for MFU) the backward pass costs twice the forward: x 3.
         Norms, softmax and activations are a few operations per feature and are left out.
         """
         c = self.config

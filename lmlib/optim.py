@@ -29,8 +29,9 @@ __all__ = ["orthogonalize", "Muon", "QUINTIC", "CUBIC"]
 
 #: Coefficients (a, b, c) of the quintic iteration X <- a X + b (X X^T) X + c (X X^T)^2 X that
 #: Muon's authors tuned to push every singular value in (0, 1] into a band around 1 (for a random
-#: Gaussian matrix, 0.68 to 1.2) in five steps (Jordan et al. 2024). The steep slope at 0 (a = 3.4) lifts small singular values quickly;
-#: the price is that the values oscillate around 1 instead of converging to it.
+#: Gaussian matrix, 0.68 to 1.2) in five steps (Jordan et al. 2024). The steep slope at 0
+#: (a = 3.4) lifts small singular values quickly; the price is that the values oscillate around 1
+#: instead of converging to it.
 QUINTIC = (3.4445, -4.7750, 2.0315)
 #: The classic cubic iteration X <- 1.5 X - 0.5 (X X^T) X: it converges to U V^T exactly, but
 #: small singular values need many steps to grow.

@@ -23,8 +23,8 @@ or mix them), and ``fit()`` refuses a ``checkpoint_dir`` holding checkpoints of 
 API::
 
     TrainConfig(max_steps=1000, lr=3e-4, min_lr=None, warmup_steps=None, weight_decay=0.1,
-                optimizer="adamw", muon_lr=0.02, betas=(0.9, 0.95), eps=1e-8, grad_clip=1.0, grad_accum_steps=1, eval_every=250,
-                eval_steps=20, log_every=None, checkpoint_every=None, checkpoint_dir=None,
+                optimizer="adamw", muon_lr=0.02, betas=(0.9, 0.95), eps=1e-8, grad_clip=1.0,
+                grad_accum_steps=1, eval_every=250, eval_steps=20, log_every=None, checkpoint_every=None, checkpoint_dir=None,
                 keep_last=3, compile=False, precision=None, device=None, seed=0, progress=True)
     Trainer(model, config, train_batches, val_batches=None, flops_per_token=None)
         .fit() -> History            # resumes from .step; Ctrl-C saves a checkpoint and returns
@@ -67,8 +67,8 @@ from tqdm.auto import tqdm
 from lmlib import checkpoint as ckpt
 from lmlib.checkpoint import CheckpointError
 from lmlib.data import check_targets, window_batches
-from lmlib.optim import Muon
 from lmlib.device import PRECISIONS, Runtime, runtime
+from lmlib.optim import Muon
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 BatchFn = Callable[[torch.Generator], Batch]
@@ -236,9 +236,11 @@ def muon_groups(model: nn.Module, weight_decay: float, lr: float, muon_lr: float
               if isinstance(m, nn.Linear) and "head" not in name.rsplit(".", 1)[-1]}
     groups = []
     for group in param_groups(model, weight_decay):
-        muon = [(n, p) for n, p in zip(group["names"], group["params"]) if id(p) in hidden and p.dim() == 2]
-        rest = [(n, p) for n, p in zip(group["names"], group["params"]) if not (id(p) in hidden and p.dim() == 2)]
-        for members, algorithm, group_lr in ((muon, "muon", muon_lr), (rest, "adamw", lr)):
+        split = {"muon": [], "adamw": []}
+        for n, p in zip(group["names"], group["params"]):
+            split["muon" if id(p) in hidden and p.dim() == 2 else "adamw"].append((n, p))
+        for algorithm, group_lr in (("muon", muon_lr), ("adamw", lr)):
+            members = split[algorithm]
             if members:
                 groups.append({"params": [p for _, p in members], "names": [n for n, _ in members],
                                "weight_decay": group["weight_decay"], "group": f"{group['group']}/{algorithm}",
