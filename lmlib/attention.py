@@ -31,7 +31,7 @@ padding_mask(lengths, T) -> bool (B, 1, 1, T)
 split_heads(x, n_heads) -> (B, H, T, D) from (B, T, H*D);  merge_heads(x) -> (B, T, H*D).
 repeat_kv(x, n_rep) -> (B, H*n_rep, T, D): each key/value head repeated for its query group.
 MultiHeadAttention(d_model, n_heads, n_kv_heads=None, bias=True, dropout=0.0, causal=False,
-                   fast=False, pos_fn=None)                               (nn.Module)
+                   fast=False, pos_fn=None, qk_norm=False)                (nn.Module)
     forward(x, context=None, mask=None, cache=None, return_weights=False) with x (B, T, d_model)
     -> (B, T, d_model), or (out, weights (B, H, T, S)) if return_weights.
     Projections ``q_proj``, ``k_proj``, ``v_proj`` (to n_kv_heads * head_dim: grouped-query attention
@@ -277,13 +277,28 @@ def kv_cache_bytes(
     return 2 * n_layers * n_kv_heads * head_dim * seq_len * batch * itemsize
 
 
+class _HeadRMSNorm(nn.Module):
+    """RMSNorm over the last axis (one head's features) with a learned gain: QK-norm's layer."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head (and grouped-query) attention over (batch, seq, d_model) (chapter 2, notebook 02).
 
     ``n_kv_heads`` < ``n_heads`` shares each key/value head among n_heads / n_kv_heads query heads
     (1 = multi-query attention). ``fast`` switches to ``F.scaled_dot_product_attention`` (same
     numbers, fused kernels). ``pos_fn(q, k, offset) -> (q, k)`` is the positional hook (e.g. a
-    ``RotaryEmbedding``); ``cache`` in ``forward`` is a ``KVCache``. See the module docstring.
+    ``RotaryEmbedding``); ``cache`` in ``forward`` is a ``KVCache``. ``qk_norm`` RMS-normalises
+    each head's queries and keys (with a learned gain per feature) before positions are applied,
+    so the scores q.k / sqrt(d) stay bounded however large the projections grow (QK-norm, Dehghani
+    et al. 2023; chapter 4's speedrun section measures it). See the module docstring.
     """
 
     def __init__(
@@ -296,6 +311,7 @@ class MultiHeadAttention(nn.Module):
         causal: bool = False,
         fast: bool = False,
         pos_fn: Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor]] | None = None,
+        qk_norm: bool = False,
     ) -> None:
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
@@ -312,6 +328,8 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.q_norm = _HeadRMSNorm(self.head_dim) if qk_norm else None
+        self.k_norm = _HeadRMSNorm(self.head_dim) if qk_norm else None
 
     def forward(
         self,
@@ -332,6 +350,8 @@ class MultiHeadAttention(nn.Module):
         q = split_heads(self.q_proj(x), self.n_heads)
         k = split_heads(self.k_proj(source), self.n_kv_heads)
         v = split_heads(self.v_proj(source), self.n_kv_heads)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         offset = cache.length if cache is not None else 0
         if self.pos_fn is not None:
             q, k = self.pos_fn(q, k, offset)

@@ -422,8 +422,9 @@ def model_config(model: torch.nn.Module) -> dict | None:
 def check_model_config(saved: dict | None, model: torch.nn.Module) -> None:
     """Raise CheckpointError unless ``model``'s config equals ``saved`` (what :func:`model_config` stored).
 
-    ``dropout`` and ``fast`` may differ (they change no weight's meaning). Nothing is compared
-    when either side has no dataclass config.
+    ``dropout`` and ``fast`` may differ (they change no weight's meaning). A field the saved
+    config lacks (one added to the class later) counts as its default. Nothing is compared when
+    either side has no dataclass config.
     """
     mine = model_config(model)
     if saved is None or mine is None:
@@ -433,7 +434,10 @@ def check_model_config(saved: dict | None, model: torch.nn.Module) -> None:
             f"The checkpoint was written for a {saved.get('type')}, this model has a {mine['type']}. Build "
             "the model the checkpoint was trained with. Nothing was loaded."
         )
-    theirs, ours = saved.get("fields", {}), mine["fields"]
+    # a field added to the config class after the checkpoint was written has its default there
+    defaults = {f.name: f.default for f in dataclasses.fields(model.config) if f.default is not dataclasses.MISSING}
+    theirs = {**{k: _plain(v) for k, v in defaults.items()}, **saved.get("fields", {})}
+    ours = mine["fields"]
     differ = [f"{k}={ours.get(k)!r} here, {theirs.get(k)!r} in the checkpoint"
               for k in sorted(set(theirs) | set(ours))
               if k not in _MODEL_FIELDS_MAY_CHANGE and _plain(theirs.get(k)) != _plain(ours.get(k))]

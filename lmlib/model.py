@@ -14,16 +14,17 @@ targets).
 API summary
 -----------
 LayerNorm(dim, bias=True, eps=1e-5), RMSNorm(dim, eps=1e-5)          (nn.Module)
-MLP(d_model, hidden, bias=True, dropout=0.0)            Linear -> GELU (tanh form) -> Linear
+MLP(d_model, hidden, bias=True, dropout=0.0, activation="gelu")   Linear -> GELU (tanh form) or ReLU² -> Linear
 SwiGLU(d_model, hidden, bias=False, dropout=0.0)        (silu(x W_gate) * x W_up) W_down
 BlockConfig(*, n_embd=128, n_head=4, n_kv_heads=None, dropout=0.0, bias=True, norm="layer",
-            mlp="gelu", mlp_hidden_dim=None, prenorm=True, fast=True)   validated in __post_init__
+            mlp="gelu", mlp_hidden_dim=None, prenorm=True, fast=True, qk_norm=False)   validated in __post_init__
     .head_dim, .kv_heads, .mlp_hidden, .norm_layer()
 Block(config, cross_attention=False, pos_fn=None)       config: any BlockConfig
     forward(x, cache=None, context=None, context_mask=None)
-GPTConfig(vocab_size=65, block_size=128, n_layer=4, pos="learned", tie_weights=True, *, n_embd=128,
-          n_head=4, n_kv_heads=None, dropout=0.0, bias=True, norm="layer", mlp="gelu",
-          mlp_hidden_dim=None, prenorm=True, fast=True) a BlockConfig with the model's own fields
+GPTConfig(vocab_size=65, block_size=128, n_layer=4, pos="learned", tie_weights=True, zero_init=False,
+          logit_softcap=None, *, n_embd=128, n_head=4, n_kv_heads=None, dropout=0.0, bias=True,
+          norm="layer", mlp="gelu", mlp_hidden_dim=None, prenorm=True, fast=True, qk_norm=False)
+                                                        a BlockConfig with the model's own fields
 GPT(config)
     forward(idx, targets=None, cache=None) -> (logits, loss)     targets: ids, or -100 to skip
     check_input(idx, offset=0, targets=None)            clear errors for ids and targets it cannot take
@@ -94,19 +95,29 @@ class RMSNorm(nn.Module):
 # --- feed-forward networks ----------------------------------------------------------------------
 
 class MLP(nn.Module):
-    """The position-wise feed-forward network: widen to ``hidden``, GELU, project back.
+    """The position-wise feed-forward network: widen to ``hidden``, activate, project back.
 
-    GELU uses the tanh approximation, as GPT-2 does, so that weights from GPT-2 give its logits.
+    ``activation="gelu"`` uses GELU's tanh approximation, as GPT-2 does, so that weights from GPT-2
+    give its logits. ``"relu2"`` is ReLU squared, relu(x)^2 (So et al. 2021, "Primer"), which the
+    speedruns of chapter 4 adopted: as cheap as ReLU, and smooth at zero like GELU.
     """
 
-    def __init__(self, d_model: int, hidden: int, bias: bool = True, dropout: float = 0.0) -> None:
+    ACTIVATIONS = ("gelu", "relu2")
+
+    def __init__(self, d_model: int, hidden: int, bias: bool = True, dropout: float = 0.0,
+                 activation: str = "gelu") -> None:
         super().__init__()
+        if activation not in self.ACTIVATIONS:
+            raise ValueError(f"MLP activation must be one of {self.ACTIVATIONS}, got {activation!r}.")
+        self.activation = activation
         self.fc = nn.Linear(d_model, hidden, bias=bias)
         self.proj = nn.Linear(hidden, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+        h = self.fc(x)
+        h = F.gelu(h, approximate="tanh") if self.activation == "gelu" else F.relu(h).square()
+        return self.dropout(self.proj(h))
 
 
 class SwiGLU(nn.Module):
@@ -131,12 +142,13 @@ class BlockConfig:
 
     ``norm`` is ``"layer"`` or ``"rms"``; ``mlp`` is ``"gelu"`` (hidden 4 * n_embd) or
     ``"swiglu"`` (hidden 8/3 * n_embd rounded up to a multiple of 8, so both have about the same
-    parameter count); ``mlp_hidden_dim`` overrides that width, for published weights trained with
+    parameter count) or ``"relu2"`` (ReLU squared, hidden 4 * n_embd); ``mlp_hidden_dim`` overrides that width, for published weights trained with
     another rule (llama2.c's stories260K uses 172 where the formula gives 176, chapter 4).
     ``n_kv_heads`` < ``n_head`` gives grouped-query attention. ``prenorm=False``
     builds the original post-norm block (norm after each residual addition). ``fast`` uses
     PyTorch's fused attention; ``False`` runs chapter 2's explicit formula (same numbers, slower).
-    :class:`GPTConfig` and :class:`lmlib.seq2seq.Seq2SeqConfig` are block configs with more fields
+    ``qk_norm`` RMS-normalises each head's queries and keys (see
+    :class:`lmlib.attention.MultiHeadAttention`). :class:`GPTConfig` and :class:`lmlib.seq2seq.Seq2SeqConfig` are block configs with more fields
     (keyword-only here, so their own fields keep their positions).
 
     Every field typed ``int``, ``bool`` or ``float``, here or in a subclass, is checked for its type
@@ -155,6 +167,7 @@ class BlockConfig:
     mlp_hidden_dim: int | None = None
     prenorm: bool = True
     fast: bool = True
+    qk_norm: bool = False
 
     def __post_init__(self) -> None:
         self._check_field_types()
@@ -181,7 +194,7 @@ class BlockConfig:
         hidden = self.mlp_hidden_dim
         if hidden is not None and hidden < 1:
             raise ValueError(f"{name}.mlp_hidden_dim must be a positive integer or None (the default width), got {hidden!r}.")
-        for field_name, allowed in {"norm": ("layer", "rms"), "mlp": ("gelu", "swiglu")}.items():
+        for field_name, allowed in {"norm": ("layer", "rms"), "mlp": ("gelu", "swiglu", "relu2")}.items():
             if getattr(self, field_name) not in allowed:
                 raise ValueError(f"{name}.{field_name} must be one of {allowed}, got {getattr(self, field_name)!r}.")
 
@@ -225,7 +238,7 @@ class BlockConfig:
         """The feed-forward width: ``mlp_hidden_dim`` when given, else the rule of ``mlp``."""
         if self.mlp_hidden_dim is not None:
             return self.mlp_hidden_dim
-        if self.mlp == "gelu":
+        if self.mlp in ("gelu", "relu2"):
             return 4 * self.n_embd
         return 8 * math.ceil(8 * self.n_embd / 3 / 8)
 
@@ -243,7 +256,15 @@ class GPTConfig(BlockConfig):
     ``block_size`` is the context length (the longest sequence the model accepts). ``pos`` is
     ``"learned"`` (GPT-2's position table) or ``"rope"`` (rotary, chapter 2). The block's fields
     (``n_embd``, ``n_head``, ``n_kv_heads``, ``dropout``, ``bias``, ``norm``, ``mlp``,
-    ``mlp_hidden_dim``, ``prenorm``, ``fast``) come from :class:`BlockConfig` and are given by keyword.
+    ``mlp_hidden_dim``, ``prenorm``, ``fast``, ``qk_norm``) come from :class:`BlockConfig` and are
+    given by keyword.
+
+    Two more training-speed options, measured in chapter 4's speedrun section: ``zero_init``
+    starts every projection that writes into the residual stream (attention's ``out_proj``, the
+    MLP's ``proj``) and an untied output head at zero, so each block begins as the identity and
+    the first steps train the embeddings and the reading projections only. ``logit_softcap`` = c
+    squashes the logits to c * tanh(logits / c), smoothly bounding them to (-c, c) (Gemma 2;
+    None turns it off).
     """
 
     vocab_size: int = 65
@@ -251,6 +272,8 @@ class GPTConfig(BlockConfig):
     n_layer: int = 4
     pos: str = "learned"
     tie_weights: bool = True
+    zero_init: bool = False
+    logit_softcap: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()  # every field's type, then the block's fields
@@ -262,6 +285,8 @@ class GPTConfig(BlockConfig):
             raise ValueError(f"GPTConfig.pos must be one of ('learned', 'rope'), got {self.pos!r}.")
         if self.pos == "rope" and self.head_dim % 2:
             raise ValueError(f"rotary positions need an even head_dim, got n_embd / n_head = {self.head_dim}.")
+        if self.logit_softcap is not None and not self.logit_softcap > 0:
+            raise ValueError(f"GPTConfig.logit_softcap must be a positive number or None (no cap), got {self.logit_softcap!r}.")
 
 
 # --- the block ----------------------------------------------------------------------------------
@@ -278,7 +303,7 @@ class Block(nn.Module):
     def __init__(self, config: BlockConfig, cross_attention: bool = False, pos_fn=None) -> None:
         super().__init__()
         self.prenorm = config.prenorm
-        mha = dict(bias=config.bias, dropout=config.dropout, fast=config.fast)
+        mha = dict(bias=config.bias, dropout=config.dropout, fast=config.fast, qk_norm=config.qk_norm)
         self.ln_1 = config.norm_layer()
         self.attn = MultiHeadAttention(config.n_embd, config.n_head, config.n_kv_heads, causal=True, pos_fn=pos_fn, **mha)
         if cross_attention:
@@ -287,8 +312,8 @@ class Block(nn.Module):
         else:
             self.cross_attn = None
         self.ln_2 = config.norm_layer()
-        if config.mlp == "gelu":
-            self.mlp = MLP(config.n_embd, config.mlp_hidden, config.bias, config.dropout)
+        if config.mlp in MLP.ACTIVATIONS:
+            self.mlp = MLP(config.n_embd, config.mlp_hidden, config.bias, config.dropout, activation=config.mlp)
         else:
             self.mlp = SwiGLU(config.n_embd, config.mlp_hidden, config.bias, config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -336,9 +361,14 @@ class GPT(nn.Module):
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("out_proj.weight") or name.endswith("mlp.proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if config.zero_init:
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
         if config.tie_weights:
             self.lm_head.weight = self.wte.weight
+        elif config.zero_init:
+            nn.init.zeros_(self.lm_head.weight)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -431,6 +461,9 @@ class GPT(nn.Module):
         offset = self._cache_offset(cache)
         self.check_input(idx, offset, targets)
         logits = self.lm_head(self._body(idx, cache, offset))
+        if self.config.logit_softcap is not None:
+            cap = self.config.logit_softcap
+            logits = cap * torch.tanh(logits / cap)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten().long(), ignore_index=IGNORE_INDEX)
@@ -527,10 +560,11 @@ def count_params(config: GPTConfig, non_embedding: bool = False) -> int:
     b = 1 if config.bias else 0
     norm = d * (2 if config.norm == "layer" and config.bias else 1)
     attn = (2 * d * d + 2 * d * kv) + b * (2 * d + 2 * kv)
-    mlp = (2 * d * h + b * (h + d)) if config.mlp == "gelu" else (3 * d * h + b * (2 * h + d))
+    mlp = (2 * d * h + b * (h + d)) if config.mlp in MLP.ACTIVATIONS else (3 * d * h + b * (2 * h + d))
+    qk_norm = 2 * config.head_dim if config.qk_norm else 0
     embed = V * d + (config.block_size * d if config.pos == "learned" else 0)
     head = 0 if config.tie_weights else V * d
-    total = embed + L * (attn + mlp + 2 * norm) + norm + head
+    total = embed + L * (attn + qk_norm + mlp + 2 * norm) + norm + head
     return total - embed if non_embedding else total
 
 

@@ -122,7 +122,8 @@ def gpt_from_hf_state_dict(state_dict: dict[str, torch.Tensor], config: GPTConfi
     that holds NaN or infinity (a damaged file), or that the config leaves unused.
     """
     if not (config.norm == "layer" and config.mlp == "gelu" and config.pos == "learned" and config.bias
-            and config.kv_heads == config.n_head and config.prenorm):
+            and config.kv_heads == config.n_head and config.prenorm and not config.qk_norm
+            and config.logit_softcap is None):
         raise ValueError("GPT-2 weights need a GPT-2 shaped config: use config_from_hf(hf_config).")
     sd = {k.removeprefix("transformer."): v for k, v in state_dict.items()}
     model = GPT(config)

@@ -18,7 +18,8 @@ API summary
 Seq2SeqConfig(src_vocab_size, tgt_vocab_size, max_src_len=32, max_tgt_len=32, n_encoder_layer=3,
               n_decoder_layer=3, shared_vocab=False, tie_weights=True, src_pad_id=0, tgt_pad_id=0,
               bos_id=1, eos_id=2, *, n_embd=128, n_head=4, n_kv_heads=None, dropout=0.1, bias=True,
-              norm="layer", mlp="gelu", mlp_hidden_dim=None, prenorm=True, fast=True)   a BlockConfig
+              norm="layer", mlp="gelu", mlp_hidden_dim=None, prenorm=True, fast=True, qk_norm=False)
+                                                                                      a BlockConfig
 Seq2Seq(config)
     forward(src, targets=None, tgt_in=None) -> (logits (B, T, V_tgt), loss or None)
     encode(src) -> (memory (B, S, C), src_mask (B, 1, 1, S))
