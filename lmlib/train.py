@@ -23,7 +23,8 @@ or mix them), and ``fit()`` refuses a ``checkpoint_dir`` holding checkpoints of 
 API::
 
     TrainConfig(max_steps=1000, lr=3e-4, min_lr=None, warmup_steps=None, weight_decay=0.1,
-                optimizer="adamw", muon_lr=0.02, betas=(0.9, 0.95), eps=1e-8, grad_clip=1.0,
+                optimizer="adamw", muon_lr=0.02, schedule="cosine", cooldown_frac=0.4, betas=(0.9, 0.95),
+                eps=1e-8, grad_clip=1.0,
                 grad_accum_steps=1, eval_every=250, eval_steps=20, log_every=None, checkpoint_every=None, checkpoint_dir=None,
                 keep_last=3, compile=False, precision=None, device=None, seed=0, progress=True)
     Trainer(model, config, train_batches, val_batches=None, flops_per_token=None)
@@ -37,7 +38,7 @@ API::
     plot_history(history, axes=None) -> axes
     param_groups(model, weight_decay) -> list[dict]   # "decay" and "no_decay", with names
     muon_groups(model, weight_decay, lr, muon_lr) -> list[dict]  # hidden matrices to Muon, the rest AdamW
-    lr_at(step, lr, min_lr, warmup_steps, max_steps) -> float
+    lr_at(step, lr, min_lr, warmup_steps, max_steps, schedule="cosine", cooldown_frac=0.4) -> float
     token_batches(tokens, block_size, batch_size) -> batch_fn
     lm_loss(logits, targets) -> Tensor
     data_seed(seed, rank) -> int
@@ -88,6 +89,10 @@ RESUME_MAY_CHANGE = frozenset({
 })
 
 
+#: The learning-rate schedules :func:`lr_at` knows.
+SCHEDULES = ("cosine", "trapezoid")
+
+
 # ----------------------------------------------------------------------------- configuration
 @dataclass
 class TrainConfig:
@@ -97,7 +102,11 @@ class TrainConfig:
     the run capped at 100 steps, ``log_every`` gives about 20 log points. ``eval_every=None`` evaluates only at the end;
     ``checkpoint_every`` needs ``checkpoint_dir`` (a final checkpoint is written whenever
     ``checkpoint_dir`` is set). ``precision`` (``fp32``/``bf16``/``fp16``) overrides the
-    :mod:`lmlib.device` policy; ``device`` overrides :func:`lmlib.device.best_device`. On
+    :mod:`lmlib.device` policy; ``device`` overrides :func:`lmlib.device.best_device`.
+    ``schedule`` is ``"cosine"`` (warmup, then cosine decay to ``min_lr``) or ``"trapezoid"``
+    (warmup, constant, then a linear cool-down to ``min_lr`` over the last ``cooldown_frac`` of
+    the steps; see :func:`lr_at`). ``optimizer="muon"`` trains the hidden matrices with
+    :class:`lmlib.optim.Muon` at ``muon_lr`` and the rest with AdamW at ``lr``. On
     resume only the fields in :data:`RESUME_MAY_CHANGE` may differ from the checkpoint's.
     """
 
@@ -108,6 +117,8 @@ class TrainConfig:
     weight_decay: float = 0.1
     optimizer: str = "adamw"
     muon_lr: float = 0.02
+    schedule: str = "cosine"
+    cooldown_frac: float = 0.4
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     grad_clip: float | None = 1.0
@@ -160,6 +171,10 @@ class TrainConfig:
             raise bad("optimizer", "must be 'adamw' or 'muon' (Muon for the hidden matrices, AdamW for the rest)")
         if not is_num(self.muon_lr) or self.muon_lr <= 0:
             raise bad("muon_lr", "must be > 0 (0.02 is usual)")
+        if self.schedule not in SCHEDULES:
+            raise bad("schedule", f"must be one of {SCHEDULES}")
+        if not is_num(self.cooldown_frac) or not 0 <= self.cooldown_frac <= 1:
+            raise bad("cooldown_frac", "must be a fraction of the run in [0, 1], e.g. 0.4")
         if (not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2
                 or not all(is_num(b) and 0 <= b < 1 for b in self.betas)):
             raise bad("betas", "must be two numbers in [0, 1), e.g. (0.9, 0.95)")
@@ -248,16 +263,25 @@ def muon_groups(model: nn.Module, weight_decay: float, lr: float, muon_lr: float
     return groups
 
 
-def lr_at(step: int, lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> float:
-    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then cosine decay.
+def lr_at(step: int, lr: float, min_lr: float, warmup_steps: int, max_steps: int,
+          schedule: str = "cosine", cooldown_frac: float = 0.4) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then the decay of ``schedule``.
 
     Warmup ramps from ``lr / warmup_steps`` to ``lr`` over the first ``warmup_steps`` steps (Adam's
-    early moment estimates are noisy, so the first updates are kept small). Then a half cosine
-    takes it from ``lr`` down to ``min_lr`` at the last step ``max_steps - 1``; later steps stay
-    at ``min_lr``.
+    early moment estimates are noisy, so the first updates are kept small). ``"cosine"``: a half
+    cosine takes it from ``lr`` down to ``min_lr`` at the last step ``max_steps - 1``.
+    ``"trapezoid"`` (warmup, stable, decay; the speedruns' choice, chapter 4) holds ``lr`` until
+    the last ``cooldown_frac`` of the steps, then falls linearly to ``min_lr`` at the last step:
+    more of the run at the full rate, and a run can be extended before its cool-down starts.
+    Later steps stay at ``min_lr``.
     """
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
+    if schedule == "trapezoid":
+        cooldown = max(0, min(round(cooldown_frac * max_steps), max_steps - warmup_steps))
+        if step < max_steps - cooldown:
+            return lr
+        return lr + (min_lr - lr) * min(1.0, (step - (max_steps - cooldown) + 1) / cooldown)
     decay_steps = max_steps - 1 - warmup_steps
     if decay_steps <= 0:
         return lr
@@ -268,11 +292,14 @@ def lr_at(step: int, lr: float, min_lr: float, warmup_steps: int, max_steps: int
 class _WarmupCosine:
     """The multiplier ``LambdaLR`` needs; an object (not a lambda) so its state can be saved."""
 
-    def __init__(self, lr: float, min_lr: float, warmup_steps: int, max_steps: int):
+    def __init__(self, lr: float, min_lr: float, warmup_steps: int, max_steps: int,
+                 schedule: str = "cosine", cooldown_frac: float = 0.4):
         self.lr, self.min_lr, self.warmup_steps, self.max_steps = lr, min_lr, warmup_steps, max_steps
+        self.schedule, self.cooldown_frac = schedule, cooldown_frac
 
     def __call__(self, step: int) -> float:
-        return lr_at(step, self.lr, self.min_lr, self.warmup_steps, self.max_steps) / self.lr
+        return lr_at(step, self.lr, self.min_lr, self.warmup_steps, self.max_steps, self.schedule,
+                     self.cooldown_frac) / self.lr
 
 
 def _adamw(groups: list[dict], config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -417,7 +444,8 @@ class Trainer:
                                   betas=config.betas, eps=config.eps)
         else:
             self.optimizer = _adamw(param_groups(model, config.weight_decay), config, self.device)
-        schedule = _WarmupCosine(config.lr, config.min_lr, config.warmup_steps, config.max_steps)
+        schedule = _WarmupCosine(config.lr, config.min_lr, config.warmup_steps, config.max_steps,
+                                 config.schedule, config.cooldown_frac)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.scaler = self.precision.make_grad_scaler()
         self.model = model

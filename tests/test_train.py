@@ -142,6 +142,29 @@ def test_warmup_then_cosine():
     assert T.lr_at(0, lr, lo, 0, 1) == lr  # degenerate: a single step
 
 
+def test_warmup_then_trapezoid():
+    lr, lo, warm, steps = 1.0, 0.1, 10, 100
+    values = [T.lr_at(s, lr, lo, warm, steps, schedule="trapezoid", cooldown_frac=0.4) for s in range(steps)]
+    assert values[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])  # the same warmup
+    assert values[10:60] == pytest.approx([lr] * 50)  # stable until the last 40% of the steps
+    assert values[60:] == pytest.approx([lr + (lo - lr) * (s + 1) / 40 for s in range(40)])  # linear cool-down
+    assert values[-1] == pytest.approx(lo)
+    assert T.lr_at(500, lr, lo, warm, steps, schedule="trapezoid") == pytest.approx(lo)
+    no_cooldown = [T.lr_at(s, lr, lo, 0, 20, schedule="trapezoid", cooldown_frac=0.0) for s in range(20)]
+    assert no_cooldown == [lr] * 20
+    with pytest.raises(ValueError, match="schedule"):
+        T.TrainConfig(schedule="linear")
+    with pytest.raises(ValueError, match="cooldown_frac"):
+        T.TrainConfig(schedule="trapezoid", cooldown_frac=1.5)
+
+
+def test_trainer_follows_the_trapezoid():
+    cfg = T.TrainConfig(max_steps=12, warmup_steps=2, lr=1e-2, min_lr=1e-3, log_every=1, progress=False,
+                        schedule="trapezoid", cooldown_frac=0.5)
+    h = make(cfg).fit()
+    assert h.lr == pytest.approx([T.lr_at(s, 1e-2, 1e-3, 2, 12, "trapezoid", 0.5) for s in range(12)])
+
+
 def test_trainer_follows_the_schedule():
     cfg = T.TrainConfig(max_steps=12, warmup_steps=3, lr=1e-2, min_lr=1e-3, log_every=1, progress=False)
     h = make(cfg).fit()
