@@ -23,11 +23,15 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import os
 import platform
+import shutil
+import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -75,10 +79,17 @@ def shakespeare_char(scale: str | None = None) -> dict:
     return dict(SHAKESPEARE_CHAR[scale])
 
 
+#: Architecture options a recipe may set (else the :class:`lmlib.model.GPTConfig` defaults).
+MODEL_OPTIONS = ("mlp", "pos", "norm", "bias", "tie_weights", "qk_norm", "zero_init", "logit_softcap")
+#: Optimisation options a recipe may set (else the :class:`lmlib.train.TrainConfig` defaults).
+TRAIN_OPTIONS = ("optimizer", "muon_lr", "schedule", "cooldown_frac")
+
+
 def model_config(recipe: dict, vocab_size: int) -> GPTConfig:
     """The :class:`lmlib.model.GPTConfig` of ``recipe`` for a vocabulary of ``vocab_size``."""
     keys = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
-    return GPTConfig(vocab_size=vocab_size, **{k: recipe[k] for k in keys})
+    options = {k: recipe[k] for k in MODEL_OPTIONS if k in recipe}
+    return GPTConfig(vocab_size=vocab_size, **{k: recipe[k] for k in keys}, **options)
 
 
 def train_config(recipe: dict, **overrides) -> TrainConfig:
@@ -86,6 +97,7 @@ def train_config(recipe: dict, **overrides) -> TrainConfig:
     fields = dict(max_steps=recipe["steps"], lr=recipe["lr"], min_lr=recipe["min_lr"],
                   warmup_steps=recipe["warmup"], betas=tuple(recipe["betas"]),
                   weight_decay=recipe["weight_decay"], grad_clip=recipe["grad_clip"])
+    fields.update({k: recipe[k] for k in TRAIN_OPTIONS if k in recipe})
     return TrainConfig(**{**fields, **overrides})
 
 
@@ -114,8 +126,8 @@ _COURSE_MODEL = dict(n_layer=3, n_head=3, n_embd=192, block_size=256, dropout=0.
 COURSE_GPT = {
     "smoke": dict(n_files=2, n_val=20, vocab_size=512, seed=0, n_layer=2, n_head=2, n_embd=32, block_size=64,
                   dropout=0.0, batch=8, steps=30, lr=3e-3, min_lr=3e-4, warmup=5, eval_every=15, **_SCHEDULE),
-    "cpu": dict(n_files=64, n_val=500, **_COURSE_DATA, **_COURSE_MODEL, batch=16, steps=300, lr=2e-3, min_lr=2e-4,
-                warmup=30, eval_every=100, **_SCHEDULE),
+    "cpu": dict(n_files=64, n_val=500, **_COURSE_DATA, **_COURSE_MODEL, batch=16, steps=150, lr=2e-3, min_lr=2e-4,
+                warmup=15, eval_every=50, **_SCHEDULE),
     "full": dict(n_files=64, n_val=500, **_COURSE_DATA, **_COURSE_MODEL, batch=16, steps=12000, lr=2e-3,
                  min_lr=2e-4, warmup=200, eval_every=500, **_SCHEDULE),
 }
@@ -127,15 +139,117 @@ def course_gpt(scale: str | None = None) -> dict:
     return recipe_for(COURSE_GPT, scale)
 
 
-def course_corpus(recipe: dict, progress: bool = True):
-    """The course corpus of ``recipe``: ``(cleaned, tokenizer, train_ids, val_ids)``.
+#: The recipe fields that decide the course corpus (the rest decide the model and its training).
+CORPUS_FIELDS = ("n_files", "n_val", "vocab_size", "seed")
+#: The modules whose code builds the corpus: a change to any of them invalidates a cached corpus.
+_CORPUS_CODE = ("corpus.py", "dedup.py", "tokenizers.py")
 
-    ``cleaned`` is :func:`lmlib.corpus.clean`'s result on the first ``n_files`` files of
-    ``enwiki-2018-slice``; the byte-level BPE is trained on its training split only; the ids are
-    every document's tokens followed by :data:`EOT`, as 1-D int64 tensors.
+
+@dataclasses.dataclass
+class CourseCorpus:
+    """The prepared course corpus: what training needs and what the training log records.
+
+    ``stages``, ``drop_counts``, ``val_pages``, ``train_docs`` and ``val_docs`` summarise
+    :func:`lmlib.corpus.clean`'s run; ``tok`` is the byte-level BPE trained on the training split;
+    ``train_ids`` and ``val_ids`` are every document's tokens followed by :data:`EOT` (1-D int64).
+    ``from_cache`` says whether it was read from the cache instead of built.
     """
+
+    stages: list
+    drop_counts: dict
+    val_pages: list
+    train_docs: int
+    val_docs: int
+    tok: ByteBPE
+    train_ids: torch.Tensor
+    val_ids: torch.Tensor
+    from_cache: bool = False
+
+
+def corpus_cache_folder(recipe: dict) -> Path:
+    """Where the corpus of ``recipe`` is cached: ``<lmlib cache>/course-corpus/<key>``.
+
+    The key hashes the corpus fields of the recipe, the sha256 of every raw file read and the code
+    of the modules that clean and tokenize, so a changed rule never serves a stale corpus.
+    """
+    from lmlib.corpus import ENWIKI, ENWIKI_FILES
+    from lmlib.data import cache_dir, dataset
+
+    here = Path(__file__).resolve().parent
+    files = dataset(ENWIKI).files
+    key = dict(fields={k: recipe[k] for k in CORPUS_FIELDS}, eot=EOT,
+               data=[files[name].sha256 for name in ENWIKI_FILES[: recipe["n_files"]]],
+               code={name: sha256_of(here / name) for name in _CORPUS_CODE})
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / "course-corpus" / digest
+
+
+def save_course_corpus(recipe: dict, cleaned, tok: ByteBPE, progress: bool = True) -> Path:
+    """Write the corpus of ``recipe`` (``cleaned``: :func:`lmlib.corpus.clean`'s result, ``tok`` the
+    BPE trained on its training split) to its cache folder; returns the folder.
+
+    Chapter 4's data pipeline page calls this after building the corpus step by step, so that the
+    course-model page trains on it without rebuilding it. The token files are
+    :func:`lmlib.dedup.pack` shards; the folder appears whole or not at all (written beside, then
+    renamed).
+    """
+    from lmlib.dedup import pack
+
+    folder = corpus_cache_folder(recipe)
+    if (folder / "summary.json").is_file():  # prepared before: same key, same content
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".writing-", dir=folder.parent))
+    try:
+        eot = tok.special_tokens[EOT]
+        for split in ("train", "val"):
+            pack((tok.encode_list(doc) for doc in getattr(cleaned, split)), tmp / f"{split}.bin", tok.vocab_size,
+                 eot_id=eot, progress=progress)
+        tok.save(tmp / "tokenizer.json")
+        summary = dict(recipe={k: recipe[k] for k in CORPUS_FIELDS}, stages=cleaned.table(),
+                       drop_counts=cleaned.drop_counts, val_pages=cleaned.val_pages,
+                       train_docs=len(cleaned.train), val_docs=len(cleaned.val))
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        if folder.exists():  # another run wrote it meanwhile: the same key, the same content
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _load_course_corpus(folder: Path) -> CourseCorpus:
+    from lmlib.dedup import open_packed
+
+    summary = json.loads((folder / "summary.json").read_text())
+    ids = {split: torch.from_numpy(open_packed(folder / f"{split}.bin").astype("int64")) for split in ("train", "val")}
+    return CourseCorpus(summary["stages"], summary["drop_counts"], summary["val_pages"], summary["train_docs"],
+                        summary["val_docs"], ByteBPE.load(folder / "tokenizer.json"), ids["train"], ids["val"],
+                        from_cache=True)
+
+
+def course_corpus(recipe: dict, progress: bool = True, cache: bool = True) -> CourseCorpus:
+    """The course corpus of ``recipe``, from the cache when a run has prepared it, else built and cached.
+
+    Building runs :func:`lmlib.corpus.clean` on the first ``n_files`` files of
+    ``enwiki-2018-slice`` and trains the byte-level BPE on its training split only (about a minute
+    at the ``cpu`` and ``full`` recipes, on 2 cores); ``cache=False`` builds without reading or
+    writing the cache.
+    """
+    folder = corpus_cache_folder(recipe)
+    if cache and (folder / "summary.json").is_file():
+        try:
+            return _load_course_corpus(folder)
+        except (OSError, ValueError, KeyError) as err:  # damaged: say so, rebuild below
+            warnings.warn(f"The cached course corpus in {folder} cannot be read ({err}); building it again.")
+            shutil.rmtree(folder, ignore_errors=True)
     cleaned = clean(read_enwiki(recipe["n_files"])[0], n_val=recipe["n_val"], seed=recipe["seed"], progress=progress)
     tok = ByteBPE.train("\n\n".join(cleaned.train), recipe["vocab_size"], special_tokens=[EOT], progress=progress)
+    if cache:
+        return dataclasses.replace(_load_course_corpus(save_course_corpus(recipe, cleaned, tok, progress)),
+                                   from_cache=False)
     eot = tok.special_tokens[EOT]
 
     def ids(texts):
@@ -145,7 +259,8 @@ def course_corpus(recipe: dict, progress: bool = True):
             out.append(eot)
         return torch.tensor(out, dtype=torch.long)
 
-    return cleaned, tok, ids(cleaned.train), ids(cleaned.val)
+    return CourseCorpus(cleaned.table(), cleaned.drop_counts, cleaned.val_pages, len(cleaned.train),
+                        len(cleaned.val), tok, ids(cleaned.train), ids(cleaned.val))
 
 
 def _machine() -> dict:
@@ -168,7 +283,8 @@ def train_course_gpt(recipe: dict, out_dir: str | Path, progress: bool = True, c
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    cleaned, tok, train_ids, val_ids = course_corpus(recipe, progress)
+    corpus = course_corpus(recipe, progress)
+    tok, train_ids, val_ids = corpus.tok, corpus.train_ids, corpus.val_ids
     corpus_s = time.perf_counter() - started
     torch.manual_seed(recipe["seed"])
     model = GPT(model_config(recipe, tok.vocab_size))
@@ -192,9 +308,9 @@ def train_course_gpt(recipe: dict, out_dir: str | Path, progress: bool = True, c
     samples = {p: tok.decode(generate(model, tok.encode(p)[None], 40, greedy=True)[0]) for p in prompts}
     log = dict(
         name=COURSE_GPT_NAME, recipe=recipe, command=command or RELEASE_COMMAND, machine=_machine(),
-        corpus=dict(stages=cleaned.table(), drop_counts=cleaned.drop_counts, train_tokens=len(train_ids),
-                    val_tokens=len(val_ids), train_docs=len(cleaned.train), val_docs=len(cleaned.val),
-                    val_pages=cleaned.val_pages, seconds=corpus_s),
+        corpus=dict(stages=corpus.stages, drop_counts=corpus.drop_counts, train_tokens=len(train_ids),
+                    val_tokens=len(val_ids), train_docs=corpus.train_docs, val_docs=corpus.val_docs,
+                    val_pages=corpus.val_pages, seconds=corpus_s, from_cache=corpus.from_cache),
         params=model.num_params(), tokens_seen=trainer.step * bs * batch, epochs=trainer.step * bs * batch / len(train_ids),
         train_seconds=train_s, precision=trainer.precision.name, resumed_from=resumed_from, history=history.as_dict(), val_loss=val_nll, val_perplexity=math.exp(val_nll),
         kneser_ney_perplexity=None if kn is None else {str(n): p for n, p in kn.items()}, samples=samples,

@@ -117,3 +117,29 @@ def test_the_released_model_is_the_full_recipe():
     assert log["precision"] == "bf16" and "LMLIB_PRECISION=bf16" in recipes.RELEASE_COMMAND
     # the release's claim: it beats every Kneser-Ney baseline on the same held-out tokens
     assert log["val_perplexity"] < min(log["kneser_ney_perplexity"].values())
+
+
+def test_the_corpus_is_prepared_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    if not (data.mirrors() and (data.mirrors()[0] / "enwiki-2018-slice").is_dir()):
+        pytest.skip("needs the course data mirror (LMLIB_DATA) with enwiki-2018-slice")
+    monkeypatch.setenv("LMLIB_CACHE", str(tmp_path / "cache"))
+    recipe = recipes.course_gpt("smoke")
+    built = recipes.course_corpus(recipe, progress=False)
+    folder = recipes.corpus_cache_folder(recipe)
+    assert not built.from_cache and sorted(p.name for p in folder.iterdir()) == [
+        "summary.json", "tokenizer.json", "train.bin", "train.bin.json", "val.bin", "val.bin.json"]
+    cached = recipes.course_corpus(recipe, progress=False)
+    fresh = recipes.course_corpus(recipe, progress=False, cache=False)
+    for other in (cached, fresh):
+        assert torch.equal(other.train_ids, built.train_ids) and torch.equal(other.val_ids, built.val_ids)
+        assert other.tok.merges == built.tok.merges and other.val_pages == built.val_pages
+        assert (other.stages, other.drop_counts, other.train_docs) == (built.stages, built.drop_counts, built.train_docs)
+    assert cached.from_cache and not fresh.from_cache and built.train_ids.dtype == torch.long
+    # the key follows the corpus settings only: another step count shares the folder, another split does not
+    assert recipes.corpus_cache_folder(dict(recipe, steps=7)) == folder
+    assert recipes.corpus_cache_folder(dict(recipe, n_val=recipe["n_val"] + 1)) != folder
+    # a damaged cache entry is reported and rebuilt, never served
+    (folder / "train.bin").write_bytes(b"\x00" * 10)
+    with pytest.warns(UserWarning, match="cannot be read"):
+        again = recipes.course_corpus(recipe, progress=False)
+    assert torch.equal(again.train_ids, built.train_ids) and not again.from_cache

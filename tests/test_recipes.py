@@ -38,6 +38,18 @@ def test_presets_match_the_chapter_text():
     assert cpu["lr"] == 5 * nano["lr"]
 
 
+def test_a_recipe_may_set_the_architecture_and_optimiser_options():
+    recipe = dict(recipes.shakespeare_char("smoke"), mlp="relu2", qk_norm=True, zero_init=True, tie_weights=False,
+                  logit_softcap=15.0, optimizer="muon", muon_lr=0.03, schedule="trapezoid", cooldown_frac=0.3)
+    config = recipes.model_config(recipe, vocab_size=65)
+    assert (config.mlp, config.qk_norm, config.zero_init, config.tie_weights, config.logit_softcap) == (
+        "relu2", True, True, False, 15.0)
+    cfg = recipes.train_config(recipe)
+    assert (cfg.optimizer, cfg.muon_lr, cfg.schedule, cfg.cooldown_frac) == ("muon", 0.03, "trapezoid", 0.3)
+    plain = recipes.model_config(recipes.shakespeare_char("smoke"), vocab_size=65)
+    assert (plain.mlp, plain.qk_norm, plain.logit_softcap) == ("gelu", False, None)  # absent keys: the defaults
+
+
 def test_unknown_scale_is_rejected():
     with pytest.raises(ValueError, match="scale must be one of"):
         recipes.shakespeare_char("tpu")
