@@ -52,7 +52,7 @@ def orthogonalize(matrix: Tensor, steps: int = 5, coefficients: tuple[float, flo
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}.")
     a, b, c = coefficients
-    x = matrix.float()
+    x = matrix if matrix.dtype in (torch.float32, torch.float64) else matrix.float()  # half precision: in float32
     tall = x.shape[0] > x.shape[1]
     if tall:
         x = x.T

@@ -142,6 +142,23 @@ def adamw(param, grad, m, v, step, lr, betas, eps, weight_decay, l2=False, corre
     return param - lr * m_hat / den, m, v
 
 
+def test_newton_schulz():
+    def mine(g, steps, a=3.4445, b=-4.7750, c=2.0315, normalise=True):
+        x = g.T if g.shape[0] > g.shape[1] else g
+        if normalise:
+            x = x / torch.linalg.matrix_norm(x)
+        for _ in range(steps):
+            gram = x @ x.T
+            x = a * x + b * gram @ x + c * gram @ gram @ x
+        return x.T if g.shape[0] > g.shape[1] else x
+
+    passes(ex.check_newton_schulz, ex.reference_newton_schulz)
+    passes(ex.check_newton_schulz, mine)
+    rejects(ex.check_newton_schulz, lambda g, k: mine(g, k, normalise=False), "Frobenius norm")
+    rejects(ex.check_newton_schulz, lambda g, k: mine(g, k, 1.5, -0.5, 0.0), "cubic")
+    rejects(ex.check_newton_schulz, lambda g, k: mine(g, k, 3.4445, 2.0315, -4.7750), "swapped")
+
+
 def test_adamw_step():
     passes(ex.check_adamw_step, ex.reference_adamw_step)
     passes(ex.check_adamw_step, adamw)

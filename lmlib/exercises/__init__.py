@@ -56,6 +56,7 @@ check_lr_schedule(fn, **options); reference_lr_schedule(step, lr, min_lr, warmup
 check_clip_by_global_norm(fn, **options); reference_clip_by_global_norm(grads, max_norm)
 check_adamw_step(fn, **options); reference_adamw_step(param, grad, m, v, step, lr, betas, eps, weight_decay)
 check_train_step(fn, **options); reference_train_step(model, optimizer, x, y, max_norm)
+check_newton_schulz(fn, **options); reference_newton_schulz(matrix, steps)
 check_your_gpt(fn, reference_losses=None, *, tolerance=None, seed=0, setup=None, verbose=False); reference_your_gpt(config)
 your_gpt_setup() -> dict; your_gpt_val_loss(model_class, seed=0, setup=None) -> float
 check_split_qkv(fn, **options); reference_split_qkv(weight, bias)

@@ -5,7 +5,8 @@ Notebook 01 (tokenization): ``check_bpe_merge``, ``check_train_bpe`` (the traini
 ``check_repeated_lines``; notebook 03 (training a GPT): ``check_lr_schedule`` (reference
 :func:`lmlib.train.lr_at`), ``check_clip_by_global_norm`` (``torch.nn.utils.clip_grad_norm_``'s
 rule, which the trainer uses), ``check_adamw_step`` (against ``torch.optim.AdamW``),
-``check_train_step`` (one step of the loop, compared by the weights it leaves) and
+``check_train_step`` (one step of the loop, compared by the weights it leaves),
+``check_newton_schulz`` (Muon's orthogonalisation, against :func:`lmlib.optim.orthogonalize`) and
 ``check_your_gpt``, the chapter's last exercise: a GPT written from one's own pieces, first checked
 for its interface, then trained with :class:`lmlib.train.Trainer` next to
 :class:`lmlib.model.GPT` (:func:`your_gpt_setup` gives the sizes at the preset in force,
@@ -30,6 +31,7 @@ from lmlib import data, recipes
 from lmlib.dedup import PRIME
 from lmlib.exercises.core import NOT_CALLABLE, RETURNED_NONE, Case, Mistake, Result, check, f64, randint
 from lmlib.model import GPT, GPTConfig, count_params, num_params
+from lmlib.optim import CUBIC, QUINTIC, orthogonalize
 from lmlib.presets import scaled
 from lmlib.tokenizers import ByteBPE, CharTokenizer, merge_pair
 from lmlib.train import TrainConfig, Trainer, lr_at, token_batches
@@ -43,6 +45,7 @@ __all__ = [
     "check_clip_by_global_norm", "reference_clip_by_global_norm",
     "check_adamw_step", "reference_adamw_step",
     "check_train_step", "reference_train_step",
+    "check_newton_schulz", "reference_newton_schulz",
     "check_your_gpt", "reference_your_gpt", "your_gpt_setup", "your_gpt_val_loss",
     "check_split_qkv", "reference_split_qkv",
     "check_chinchilla_split", "reference_chinchilla_split",
@@ -401,6 +404,52 @@ def check_adamw_step(fn: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.T
         trials=10,
         rtol=1e-7,
         atol=1e-10,
+        **options,
+    )
+
+
+def reference_newton_schulz(matrix: torch.Tensor, steps: int) -> torch.Tensor:
+    return orthogonalize(matrix, steps, QUINTIC)
+
+
+def _newton_schulz_variant(matrix, steps, coefficients=QUINTIC, normalise=True):
+    a, b, c = coefficients
+    x = matrix / matrix.norm() if normalise else matrix
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x
+
+
+def check_newton_schulz(fn: Callable[[torch.Tensor, int], torch.Tensor], **options) -> Result:
+    """``fn(matrix, steps) -> matrix``: Muon's orthogonalisation of an m x n matrix by ``steps``
+    quintic Newton-Schulz iterations, X <- a X + b (X X^T) X + c (X X^T)^2 X with
+    (a, b, c) = :data:`lmlib.optim.QUINTIC`, after dividing the matrix by its Frobenius norm."""
+
+    def make_case(gen: torch.Generator) -> Case:
+        m, n = randint(gen, 2, 9), randint(gen, 2, 9)
+        return torch.randn(m, n, generator=gen, dtype=torch.float64), randint(gen, 1, 7)
+
+    rank_one = f64([[1.0], [2.0], [-1.0]]) @ f64([[0.5, -1.0, 2.0, 0.0]])
+    return check(
+        fn, reference_newton_schulz, make_case,
+        hint="X = G / ||G||_F (the Frobenius norm: every singular value is then at most 1); then `steps` times "
+        "gram = X @ X.T and X = a X + (b gram + c gram @ gram) @ X with (a, b, c) = (3.4445, -4.7750, 2.0315). "
+        "Return a matrix of G's shape.",
+        edge_cases=((torch.eye(3, dtype=torch.float64) * 5.0, 1), (rank_one, 3), (rank_one.T.contiguous(), 5)),
+        mistakes=(
+            Mistake("the matrix was not divided by its Frobenius norm first: the iteration only pulls singular "
+                    "values in (0, 1] towards 1, larger ones blow up",
+                    lambda g, k: _newton_schulz_variant(g, k, normalise=False)),
+            Mistake("these are the cubic coefficients (1.5, -0.5, 0); Muon uses the quintic (3.4445, -4.7750, "
+                    "2.0315), which lifts small singular values much faster",
+                    lambda g, k: _newton_schulz_variant(g, k, CUBIC)),
+            Mistake("b and c are swapped: a multiplies X, b the cubic term (X X^T) X, c the quintic term "
+                    "(X X^T)^2 X",
+                    lambda g, k: _newton_schulz_variant(g, k, (QUINTIC[0], QUINTIC[2], QUINTIC[1]))),
+        ),
+        rtol=1e-6,
+        atol=1e-8,
         **options,
     )
 
