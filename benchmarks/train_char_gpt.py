@@ -189,7 +189,7 @@ def val_loss(model: GPT, val: torch.Tensor, batches: int = 200, block: int = BLO
 
 
 def time_to_loss(train, val, vocab, recipe: dict, target: tuple[float, float], compile_: bool,
-                 precision: str | None, device: torch.device, eval_every: int = 100) -> dict:
+                 precision: str | None, device: torch.device, eval_every: int = 100, eval_batches: int = 200) -> dict:
     """Train ``recipe`` with the Trainer; validation loss every ``eval_every`` steps against training time.
 
     ``fit()`` runs in chunks of ``eval_every`` steps (the schedule is fixed when the trainer is
@@ -213,7 +213,7 @@ def time_to_loss(train, val, vocab, recipe: dict, target: tuple[float, float], c
         sync(device)
         wall += time.perf_counter() - start
         cpu += time.process_time() - cpu_start
-        loss = val_loss(trainer.raw_model, val, block=recipe["block_size"])
+        loss = val_loss(trainer.raw_model, val, batches=eval_batches, block=recipe["block_size"])
         trainer.raw_model.train()
         curve.append({"step": trainer.step, "train_seconds": wall, "val_loss": loss})
         print(f"  step {trainer.step:>5}  {wall:6.1f} s  validation loss {loss:.3f}", flush=True)

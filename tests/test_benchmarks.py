@@ -67,6 +67,39 @@ def test_train_ladder_runs_each_rung_in_its_own_process(tmp_path):
     assert result["ratio_to_plain"]["plain"] == 1.0
 
 
+def test_speedrun_ladder_runs_its_rungs_and_the_real_nanogpt(tmp_path, mirror):
+    out = tmp_path / "speedrun.json"
+    nanogpt = ROOT.parent / "shared" / "reference" / "nanoGPT"
+    stdout = run_script("speedrun_ladder.py", "--budget", "0.2", "--rounds", "1", "--rungs", "baseline", "qk_norm",
+                        "--eval-batches", "2", "--nanogpt-iters", "20",
+                        "--nanogpt", str(nanogpt if nanogpt.is_dir() else tmp_path / "absent"), "--out", str(out),
+                        data=mirror)
+    result = json.loads(out.read_text())
+    rungs = result["runs"]
+    assert rungs["baseline"][0]["recipe"].get("optimizer") is None  # the cpu preset as it is
+    assert rungs["qk_norm"][0]["recipe"].items() >= {"optimizer": "muon", "mlp": "relu2", "qk_norm": True}.items()
+    assert all(r[0]["steps"] == 50 and len(r[0]["curve"]) == 13 for name, r in rungs.items() if name != "nanoGPT")
+    assert set(result["table"]) == set(rungs) and result["table"]["baseline"]["val_loss"] > 1.88
+    if nanogpt.is_dir():
+        real = rungs["nanoGPT"][0]
+        assert real["steps"] == 21 and [c["step"] for c in real["curve"]] == [20] and real["val_loss"] > 2
+    else:
+        assert "clone github.com/karpathy/nanoGPT" in stdout and "nanoGPT" not in rungs
+
+
+def test_speedrun_ladder_interpolates_the_crossing():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from speedrun_ladder import crossing, rung_recipe
+
+    curve = [{"train_seconds": 10.0, "val_loss": 2.5}, {"train_seconds": 20.0, "val_loss": 1.5}]
+    assert crossing(curve, 2.0) == pytest.approx(15.0)
+    assert crossing(curve, 3.0) == 10.0 and crossing(curve, 1.0) is None
+    assert "mlp" not in rung_recipe("muon") and rung_recipe("relu2")["optimizer"] == "muon"  # cumulative, in order
+    assert rung_recipe("wider")["n_layer"] == 4 and rung_recipe("wider")["schedule"] == "trapezoid"
+    with pytest.raises(ValueError, match="rungs are"):
+        rung_recipe("fp8")
+
+
 def test_decode_llama2c_compares_with_run_c_on_the_same_story(tmp_path, mirror):
     if not (mirror / "stories260k" / "stories260K.bin").is_file():
         pytest.skip("stories260K is not in the data mirror")
@@ -109,7 +142,7 @@ def test_course_gpt_sizing_reports_tokens_per_parameter(tmp_path):
 
 @pytest.mark.parametrize("script", ["train_char_gpt.py", "peak_memory.py", "generate_kv_cache.py", "train_ladder.py",
                                     "notebook_times.py", "decode_llama2c.py", "gpt2_tokenizer.py",
-                                    "course_gpt_sizing.py"])
+                                    "course_gpt_sizing.py", "speedrun_ladder.py"])
 def test_every_script_explains_itself(script):
     assert "usage:" in run_script(script, "--help")
 
