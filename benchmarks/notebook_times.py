@@ -11,7 +11,8 @@ budgets are checked against a real run, never against a number typed into the pr
     LMLIB_DATA=<mirror> .venv/bin/python benchmarks/notebook_times.py \\
         --only chapters/04_pretraining/03_training_a_gpt.ipynb                        # one notebook, merged in
 
-Results: ``benchmarks/results/<preset>_notebook_times.json`` and stdout.
+Results: ``benchmarks/results/<preset>_notebook_times.json`` and stdout; ``--keep FOLDER`` also
+writes each executed notebook there, outputs included, to read the figures a run produced.
 """
 from __future__ import annotations
 
@@ -48,8 +49,11 @@ def budget_minutes(notebook: Path) -> float | None:
     return None
 
 
-def execute(notebook: Path, timeout: int) -> dict:
-    """Run ``notebook`` in a fresh kernel; wall seconds, kernel CPU seconds and whether every cell ran."""
+def execute(notebook: Path, timeout: int, keep: Path | None = None) -> dict:
+    """Run ``notebook`` in a fresh kernel; wall seconds, kernel CPU seconds and whether every cell ran.
+
+    ``keep``: a folder that receives the executed copy (outputs included), to read what the run printed.
+    """
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -67,6 +71,9 @@ def execute(notebook: Path, timeout: int) -> dict:
     seconds = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the kernel has exited and been waited for
     cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, keep / notebook.name)
     return {"seconds": seconds, "cpu_seconds": cpu, "ok": error is None, "error": error,
             "slowest_cells": slowest_cells(nb)}
 
@@ -91,6 +98,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", default=None, help="these notebooks only; merged into the existing file")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--keep", type=Path, default=None, help="a folder for the executed copies (with outputs)")
     args = parser.parse_args()
     os.environ["LMLIB_SCALE"] = args.preset
     out = args.out or RESULTS / f"{args.preset}_notebook_times.json"
@@ -103,7 +111,7 @@ def main() -> None:
         path = (ROOT / name).resolve()
         if not path.is_file():
             sys.exit(f"{name}: no such notebook (give paths relative to the repository, e.g. chapters/...ipynb)")
-        row = execute(path, args.timeout)
+        row = execute(path, args.timeout, args.keep)
         row.update(budget_minutes=budget_minutes(path), measured=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                    load_average=os.getloadavg()[0])
         rows[name] = row
