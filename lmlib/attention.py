@@ -277,18 +277,6 @@ def kv_cache_bytes(
     return 2 * n_layers * n_kv_heads * head_dim * seq_len * batch * itemsize
 
 
-class _HeadRMSNorm(nn.Module):
-    """RMSNorm over the last axis (one head's features) with a learned gain: QK-norm's layer."""
-
-    def __init__(self, dim: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
-
-
 class MultiHeadAttention(nn.Module):
     """Multi-head (and grouped-query) attention over (batch, seq, d_model) (chapter 2, notebook 02).
 
@@ -328,8 +316,9 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
-        self.q_norm = _HeadRMSNorm(self.head_dim) if qk_norm else None
-        self.k_norm = _HeadRMSNorm(self.head_dim) if qk_norm else None
+        # over one head's features, with a learned gain per feature
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
 
     def forward(
         self,

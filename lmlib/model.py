@@ -99,7 +99,7 @@ class MLP(nn.Module):
 
     ``activation="gelu"`` uses GELU's tanh approximation, as GPT-2 does, so that weights from GPT-2
     give its logits. ``"relu2"`` is ReLU squared, relu(x)^2 (So et al. 2021, "Primer"), which the
-    speedruns of chapter 4 adopted: as cheap as ReLU, and smooth at zero like GELU.
+    speedruns of chapter 4 adopted: as cheap as ReLU, with a slope that is continuous at zero.
     """
 
     ACTIVATIONS = ("gelu", "relu2")
@@ -142,14 +142,16 @@ class BlockConfig:
 
     ``norm`` is ``"layer"`` or ``"rms"``; ``mlp`` is ``"gelu"`` (hidden 4 * n_embd) or
     ``"swiglu"`` (hidden 8/3 * n_embd rounded up to a multiple of 8, so both have about the same
-    parameter count) or ``"relu2"`` (ReLU squared, hidden 4 * n_embd); ``mlp_hidden_dim`` overrides that width, for published weights trained with
-    another rule (llama2.c's stories260K uses 172 where the formula gives 176, chapter 4).
+    parameter count) or ``"relu2"`` (ReLU squared, hidden 4 * n_embd); ``mlp_hidden_dim``
+    overrides that width, for published weights trained with another rule (llama2.c's
+    stories260K uses 172 where the formula gives 176, chapter 4).
     ``n_kv_heads`` < ``n_head`` gives grouped-query attention. ``prenorm=False``
     builds the original post-norm block (norm after each residual addition). ``fast`` uses
     PyTorch's fused attention; ``False`` runs chapter 2's explicit formula (same numbers, slower).
     ``qk_norm`` RMS-normalises each head's queries and keys (see
-    :class:`lmlib.attention.MultiHeadAttention`). :class:`GPTConfig` and :class:`lmlib.seq2seq.Seq2SeqConfig` are block configs with more fields
-    (keyword-only here, so their own fields keep their positions).
+    :class:`lmlib.attention.MultiHeadAttention`). :class:`GPTConfig` and
+    :class:`lmlib.seq2seq.Seq2SeqConfig` are block configs with more fields (keyword-only here,
+    so their own fields keep their positions).
 
     Every field typed ``int``, ``bool`` or ``float``, here or in a subclass, is checked for its type
     when the config is built: any integer, a NumPy one too, is stored as a plain ``int``; a float,
