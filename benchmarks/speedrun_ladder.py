@@ -12,10 +12,11 @@ keeps the previous rungs' changes (chapter 4, "What the speedruns learned"):
     trapezoid   warmup, constant, linear cool-down (``TrainConfig(schedule="trapezoid")``)
     wider       the same changes on a bigger model (4 layers, context 128) that a 120 s budget can feed
 
-Each rung runs in its own process. It first times a few steps to turn the budget into a step
-count (a slower step gets fewer steps: the budget is wall time), then trains with
-:class:`lmlib.train.Trainer`, measuring the validation loss on nanoGPT's split (200 batches)
-at twelve points; evaluation time is excluded, as in ``train_char_gpt.py``. Rounds alternate the
+Each rung runs in its own process and trains with :class:`lmlib.train.Trainer` for the budget of
+wall-clock training seconds (a slower step gets fewer steps): after each twelfth of the run the
+measured pace re-estimates the step count that fits, and the learning-rate schedule is moved to
+end there (``Trainer.reschedule``). The validation loss on nanoGPT's split (200 batches) is
+measured at those twelve points; evaluation time is excluded, as in ``train_char_gpt.py``. Rounds alternate the
 rungs (a busy machine slows all of them alike) and the table reports medians: the validation loss
 at the budget and the training seconds to reach 1.88, 1.70 and 1.65 (linear between evaluations).
 
@@ -101,9 +102,17 @@ def crossing(curve: list[dict], threshold: float) -> float | None:
     return None
 
 
-def run_rung(rung: str, budget: float, device_name: str | None, threads: int | None, eval_batches: int = 200) -> dict:
-    """One rung, in this process: calibrate the step time, then train for about ``budget`` seconds."""
-    from train_char_gpt import load_tokens, time_to_loss
+def run_rung(rung: str, budget: float, device_name: str | None, threads: int | None, eval_batches: int = 200,
+             points: int = 12) -> dict:
+    """One rung, in this process: about ``budget`` seconds of training, evaluated at ``points`` points.
+
+    A short probe gives a first step count. The run then trains in chunks; after each one the
+    measured pace re-estimates how many steps fit in the budget, and
+    :meth:`lmlib.train.Trainer.reschedule` moves the end of the learning-rate schedule there, so
+    every rung decays its learning rate to the end of the same wall-clock budget however fast its
+    steps are (evaluation time excluded).
+    """
+    from train_char_gpt import load_tokens, val_loss
 
     from lmlib import recipes
     from lmlib import train as T
@@ -115,12 +124,16 @@ def run_rung(rung: str, budget: float, device_name: str | None, threads: int | N
     device = best_device(device_name)
     train, val, vocab = load_tokens()
     recipe = rung_recipe(rung)
+
+    def trainer_for(steps: int, warmup: int) -> T.Trainer:
+        torch.manual_seed(0)
+        return T.Trainer(GPT(recipes.model_config(recipe, vocab)).to(device),
+                         recipes.train_config(dict(recipe, steps=steps, warmup=warmup), eval_every=None,
+                                              progress=False, device=str(device), log_every=50),
+                         T.token_batches(train, recipe["block_size"], recipe["batch"]))
+
     probe_steps, warmup = 30, 5
-    torch.manual_seed(0)
-    probe = T.Trainer(GPT(recipes.model_config(recipe, vocab)),
-                      recipes.train_config(dict(recipe, steps=warmup + probe_steps, warmup=warmup), eval_every=None, progress=False,
-                                           device=str(device), log_every=warmup),
-                      T.token_batches(train, recipe["block_size"], recipe["batch"]))
+    probe = trainer_for(warmup + probe_steps, warmup)
     probe.config.max_steps = warmup
     probe.fit()
     probe.config.max_steps = warmup + probe_steps
@@ -128,14 +141,28 @@ def run_rung(rung: str, budget: float, device_name: str | None, threads: int | N
     start = time.perf_counter()
     probe.fit()
     sync(device)
-    step_seconds = (time.perf_counter() - start) / probe_steps
-    steps = max(50, int(budget / step_seconds))
-    recipe.update(steps=steps, warmup=min(recipe["warmup"], steps // 10))
-    run = time_to_loss(train, val, vocab, recipe, (THRESHOLDS[0], budget), False, None, device,
-                       eval_every=max(1, steps // 12), eval_batches=eval_batches)
-    return dict(rung=rung, step_seconds=step_seconds, steps=steps, params=run["params"],
-                train_seconds=run["train_seconds"], val_loss=run["val_loss"], curve=run["curve"],
-                recipe=run["recipe"], **{f"seconds_to_{t}": crossing(run["curve"], t) for t in THRESHOLDS})
+    total = max(50, int(budget * probe_steps / (time.perf_counter() - start)))
+    chunk = max(1, total // points)
+    trainer = trainer_for(total, min(recipe["warmup"], total // 10))
+    wall, curve = 0.0, []
+    while trainer.step < total:
+        trainer.config.max_steps = min(total, trainer.step + chunk)  # where this fit() stops
+        sync(device)
+        start = time.perf_counter()
+        trainer.fit()
+        sync(device)
+        wall += time.perf_counter() - start
+        curve.append({"step": trainer.step, "train_seconds": wall,
+                      "val_loss": val_loss(trainer.raw_model, val, batches=eval_batches, block=recipe["block_size"])})
+        trainer.raw_model.train()
+        pace = trainer.step / wall
+        total = max(trainer.step, trainer.config.warmup_steps, round(trainer.step + (budget - wall) * pace))
+        if total > trainer.step:
+            trainer.reschedule(total)
+    recipe.update(steps=trainer.step, warmup=trainer.config.warmup_steps)
+    return dict(rung=rung, steps=trainer.step, step_seconds=wall / trainer.step, params=trainer.raw_model.num_params(),
+                train_seconds=wall, val_loss=curve[-1]["val_loss"], curve=curve, recipe=dict(recipe, betas=list(recipe["betas"])),
+                **{f"seconds_to_{t}": crossing(curve, t) for t in THRESHOLDS})
 
 
 def run_nanogpt(folder: Path, text_file: Path, command: list[str]) -> dict:

@@ -32,6 +32,7 @@ API::
         .evaluate() -> float         # mean validation loss over config.eval_steps batches
         .save_checkpoint() -> Path | None
         .load_checkpoint(path=None)  # None: the newest under config.checkpoint_dir
+        .reschedule(max_steps)       # the schedule ends at max_steps from now on (a budget of seconds)
         .step, .history, .model (wrapped), .raw_model, .optimizer, .scheduler, .scaler,
         .runtime, .precision, .device, .rank, .world_size
     History(step, train_loss, lr, tokens_per_s, mfu, val_step, val_loss, interrupted)
@@ -806,15 +807,28 @@ class Trainer:
                          if fell_back and ckpt.step_of(c) > self.step}
         return folder
 
+    def reschedule(self, max_steps: int) -> None:
+        """Make the learning-rate schedule end at step ``max_steps``, from the current step on.
+
+        Where ``fit()`` stops (``config.max_steps``) is not changed. A run on a budget of seconds
+        rather than steps (chapter 4's speedrun ladder) calls this as it learns how long a step
+        takes; a resumed run with a new ``max_steps`` goes through it too.
+        """
+        cfg = self.config
+        if not isinstance(max_steps, (int, np.integer)) or max_steps < max(1, cfg.warmup_steps):
+            raise ValueError(f"max_steps must be a whole number >= warmup_steps={cfg.warmup_steps}, got {max_steps!r}.")
+        schedule = self.scheduler.lr_lambdas[0]
+        schedule.__init__(cfg.lr, cfg.min_lr, cfg.warmup_steps, int(max_steps), cfg.schedule, cfg.cooldown_frac)
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base * schedule(self.scheduler.last_epoch)
+
     def _apply_schedule(self) -> None:
         """Keep the schedule of this config after a scheduler state is loaded (it stores its own)."""
         cfg, schedule = self.config, self.scheduler.lr_lambdas[0]
         saved_end = schedule.max_steps
-        schedule.__init__(cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
+        before = self.optimizer.param_groups[0]["lr"]
+        self.reschedule(cfg.max_steps)
         if saved_end != cfg.max_steps:
-            before = self.optimizer.param_groups[0]["lr"]
-            for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
-                group["lr"] = base * schedule(self.scheduler.last_epoch)
             warnings.warn(
                 f"max_steps changed from {saved_end} to {cfg.max_steps} on resume: the cosine schedule now "
                 f"ends at step {cfg.max_steps} (lr at step {self.scheduler.last_epoch}: {before:.3g} -> "

@@ -78,7 +78,9 @@ def test_speedrun_ladder_runs_its_rungs_and_the_real_nanogpt(tmp_path, mirror):
     rungs = result["runs"]
     assert rungs["baseline"][0]["recipe"].get("optimizer") is None  # the cpu preset as it is
     assert rungs["qk_norm"][0]["recipe"].items() >= {"optimizer": "muon", "mlp": "relu2", "qk_norm": True}.items()
-    assert all(r[0]["steps"] == 50 and len(r[0]["curve"]) == 13 for name, r in rungs.items() if name != "nanoGPT")
+    for name, r in rungs.items():
+        if name != "nanoGPT":  # a 0.2 s budget stops after the first chunk of the first estimate
+            assert r[0]["steps"] == r[0]["curve"][-1]["step"] >= 4 and r[0]["train_seconds"] > 0
     assert set(result["table"]) == set(rungs) and result["table"]["baseline"]["val_loss"] > 1.88
     if nanogpt.is_dir():
         real = rungs["nanoGPT"][0]

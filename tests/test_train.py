@@ -165,6 +165,21 @@ def test_trainer_follows_the_trapezoid():
     assert h.lr == pytest.approx([T.lr_at(s, 1e-2, 1e-3, 2, 12, "trapezoid", 0.5) for s in range(12)])
 
 
+def test_reschedule_moves_the_end_of_the_schedule_from_the_current_step():
+    cfg = T.TrainConfig(max_steps=6, warmup_steps=2, lr=1e-2, min_lr=1e-3, log_every=1, progress=False,
+                        schedule="trapezoid", cooldown_frac=0.5)
+    trainer = make(cfg)
+    trainer.fit()
+    trainer.reschedule(20)  # the run turns out to have time for 20 steps
+    cfg.max_steps = 20
+    h = trainer.fit()
+    expected = [T.lr_at(s, 1e-2, 1e-3, 2, 12 if s < 6 else 20, "trapezoid", 0.5) for s in range(20)]
+    assert h.lr[6:] == pytest.approx(expected[6:]) and h.lr[:6] == pytest.approx(
+        [T.lr_at(s, 1e-2, 1e-3, 2, 6, "trapezoid", 0.5) for s in range(6)])
+    with pytest.raises(ValueError, match="warmup_steps"):
+        trainer.reschedule(1)
+
+
 def test_trainer_follows_the_schedule():
     cfg = T.TrainConfig(max_steps=12, warmup_steps=3, lr=1e-2, min_lr=1e-3, log_every=1, progress=False)
     h = make(cfg).fit()
