@@ -40,8 +40,9 @@ import torch
 
 from lmlib.book import REPOSITORY_URL, raw_url
 from lmlib.checkpoint import latest
-from lmlib.corpus import clean, held_out, read_enwiki
-from lmlib.data import path, sha256_of, window_batches
+from lmlib.corpus import ENWIKI, ENWIKI_FILES, clean, held_out, read_enwiki
+from lmlib.data import cache_dir, dataset, path, sha256_of, window_batches
+from lmlib.dedup import open_packed, pack
 from lmlib.generate import generate
 from lmlib.metrics import stream_nll
 from lmlib.model import GPT, GPTConfig
@@ -172,9 +173,6 @@ def corpus_cache_folder(recipe: dict) -> Path:
     The key hashes the corpus fields of the recipe, the sha256 of every raw file read and the code
     of the modules that clean and tokenize, so a changed rule never serves a stale corpus.
     """
-    from lmlib.corpus import ENWIKI, ENWIKI_FILES
-    from lmlib.data import cache_dir, dataset
-
     here = Path(__file__).resolve().parent
     files = dataset(ENWIKI).files
     key = dict(fields={k: recipe[k] for k in CORPUS_FIELDS}, eot=EOT,
@@ -193,8 +191,6 @@ def save_course_corpus(recipe: dict, cleaned, tok: ByteBPE, progress: bool = Tru
     :func:`lmlib.dedup.pack` shards; the folder appears whole or not at all (written beside, then
     renamed).
     """
-    from lmlib.dedup import pack
-
     folder = corpus_cache_folder(recipe)
     if (folder / "summary.json").is_file():  # prepared before: same key, same content
         return folder
@@ -221,8 +217,6 @@ def save_course_corpus(recipe: dict, cleaned, tok: ByteBPE, progress: bool = Tru
 
 
 def _load_course_corpus(folder: Path) -> CourseCorpus:
-    from lmlib.dedup import open_packed
-
     summary = json.loads((folder / "summary.json").read_text())
     ids = {split: torch.from_numpy(open_packed(folder / f"{split}.bin").astype("int64")) for split in ("train", "val")}
     return CourseCorpus(summary["stages"], summary["drop_counts"], summary["val_pages"], summary["train_docs"],
