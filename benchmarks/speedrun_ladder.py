@@ -12,6 +12,9 @@ keeps the previous rungs' changes (chapter 4, "What the speedruns learned"):
     trapezoid   warmup, constant, linear cool-down (``TrainConfig(schedule="trapezoid")``)
     wider       the same changes on a bigger model (4 layers, context 128) that a 120 s budget can feed
 
+A last rung, ``speedrun``, trains the preset made from the rungs that paid
+(:data:`lmlib.recipes.SHAKESPEARE_SPEEDRUN`) for its own step count, as a reader runs it.
+
 Each rung runs in its own process and trains with :class:`lmlib.train.Trainer` for the budget of
 wall-clock training seconds (a slower step gets fewer steps): after each twelfth of the run the
 measured pace re-estimates the step count that fits, and the learning-rate schedule is moved to
@@ -65,6 +68,8 @@ RUNGS = {
     "trapezoid": dict(schedule="trapezoid", cooldown_frac=0.4),
     "wider": dict(n_layer=4, block_size=128),
 }
+#: The extra rung that trains the speedrun preset itself, for its own step count rather than a budget.
+PRESET = "speedrun"
 
 
 def nanogpt_command(iters: int = 2000, eval_batches: int = 200) -> list[str]:
@@ -110,9 +115,10 @@ def run_rung(rung: str, budget: float, device_name: str | None, threads: int | N
     measured pace re-estimates how many steps fit in the budget, and
     :meth:`lmlib.train.Trainer.reschedule` moves the end of the learning-rate schedule there, so
     every rung decays its learning rate to the end of the same wall-clock budget however fast its
-    steps are (evaluation time excluded).
+    steps are (evaluation time excluded). The ``speedrun`` rung is the preset
+    :data:`lmlib.recipes.SHAKESPEARE_SPEEDRUN` as a reader runs it: its own step count, no budget.
     """
-    from train_char_gpt import load_tokens, val_loss
+    from train_char_gpt import load_tokens, train_in_chunks
 
     from lmlib import recipes
     from lmlib import train as T
@@ -123,7 +129,7 @@ def run_rung(rung: str, budget: float, device_name: str | None, threads: int | N
         torch.set_num_threads(threads)
     device = best_device(device_name)
     train, val, vocab = load_tokens()
-    recipe = rung_recipe(rung)
+    recipe = dict(recipes.SHAKESPEARE_SPEEDRUN) if rung == PRESET else rung_recipe(rung)
 
     def trainer_for(steps: int, warmup: int) -> T.Trainer:
         torch.manual_seed(0)
@@ -132,33 +138,22 @@ def run_rung(rung: str, budget: float, device_name: str | None, threads: int | N
                                               progress=False, device=str(device), log_every=50),
                          T.token_batches(train, recipe["block_size"], recipe["batch"]))
 
-    probe_steps, warmup = 30, 5
-    probe = trainer_for(warmup + probe_steps, warmup)
-    probe.config.max_steps = warmup
-    probe.fit()
-    probe.config.max_steps = warmup + probe_steps
-    sync(device)
-    start = time.perf_counter()
-    probe.fit()
-    sync(device)
-    total = max(50, int(budget * probe_steps / (time.perf_counter() - start)))
-    chunk = max(1, total // points)
-    trainer = trainer_for(total, min(recipe["warmup"], total // 10))
-    wall, curve = 0.0, []
-    while trainer.step < total:
-        trainer.config.max_steps = min(total, trainer.step + chunk)  # where this fit() stops
+    if rung == PRESET:
+        total, budget_seconds = recipe["steps"], None
+    else:
+        probe_steps, warmup = 30, 5
+        probe = trainer_for(warmup + probe_steps, warmup)
+        probe.config.max_steps = warmup
+        probe.fit()
+        probe.config.max_steps = warmup + probe_steps
         sync(device)
         start = time.perf_counter()
-        trainer.fit()
+        probe.fit()
         sync(device)
-        wall += time.perf_counter() - start
-        curve.append({"step": trainer.step, "train_seconds": wall,
-                      "val_loss": val_loss(trainer.raw_model, val, batches=eval_batches, block=recipe["block_size"])})
-        trainer.raw_model.train()
-        pace = trainer.step / wall
-        total = max(trainer.step, trainer.config.warmup_steps, round(trainer.step + (budget - wall) * pace))
-        if total > trainer.step:
-            trainer.reschedule(total)
+        total, budget_seconds = max(50, int(budget * probe_steps / (time.perf_counter() - start))), budget
+    trainer = trainer_for(total, min(recipe["warmup"], total // 10))
+    curve, wall, _ = train_in_chunks(trainer, val, recipe["block_size"], total, max(1, total // points), device,
+                                     eval_batches, budget_seconds=budget_seconds)
     recipe.update(steps=trainer.step, warmup=trainer.config.warmup_steps)
     return dict(rung=rung, steps=trainer.step, step_seconds=wall / trainer.step, params=trainer.raw_model.num_params(),
                 train_seconds=wall, val_loss=curve[-1]["val_loss"], curve=curve, recipe=dict(recipe, betas=list(recipe["betas"])),
@@ -207,7 +202,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budget", type=float, default=90.0, help="training seconds per rung")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (medians reported)")
-    parser.add_argument("--rungs", nargs="+", default=list(RUNGS), choices=list(RUNGS))
+    parser.add_argument("--rungs", nargs="+", default=[*RUNGS, PRESET], choices=[*RUNGS, PRESET])
     parser.add_argument("--nanogpt", default=str(DEFAULT_NANOGPT),
                         help="nanoGPT's folder, run beside the ladder ('none' skips it)")
     parser.add_argument("--eval-batches", type=int, default=200, help="validation batches per evaluation")
@@ -264,7 +259,7 @@ def main() -> None:
               "device_name": cpu_name() if device == "cpu" else torch.cuda.get_device_name(),
               "threads": args.threads or torch.get_num_threads(), "torch": torch.__version__,
               "budget_seconds": args.budget, "rounds": args.rounds, "thresholds": list(THRESHOLDS),
-              "rungs": {rung: RUNGS.get(rung) for rung in runs}, "table": table, "runs": runs,
+              "rungs": {rung: RUNGS.get(rung) for rung in runs if rung in RUNGS}, "table": table, "runs": runs,
               "load_average": {"before": load_before, "after": os.getloadavg()},
               "command": "python benchmarks/speedrun_ladder.py " + " ".join(sys.argv[1:])}
     write_results(result, args.out or RESULTS / f"{device}_speedrun_ladder.json")

@@ -188,14 +188,46 @@ def val_loss(model: GPT, val: torch.Tensor, batches: int = 200, block: int = BLO
     return sum(losses) / len(losses)
 
 
+def train_in_chunks(trainer: T.Trainer, val, block: int, total: int, chunk: int, device: torch.device,
+                    eval_batches: int = 200, budget_seconds: float | None = None, verbose: bool = False):
+    """Train ``trainer`` to ``total`` steps, ``chunk`` steps per ``fit()``, with a validation loss after each.
+
+    Only the chunks are timed: compilation counts, evaluation does not. The learning-rate schedule
+    is fixed when the trainer is built, so the chunks make the same run as one call. With
+    ``budget_seconds``, the pace measured after each chunk re-estimates how many steps fit in that
+    many training seconds, and :meth:`lmlib.train.Trainer.reschedule` moves the end of the schedule
+    there (the speedrun ladder trains every rung for the same time this way). Returns the curve
+    (step, training seconds, validation loss per chunk), the wall and the CPU seconds of training.
+    """
+    wall = cpu = 0.0
+    curve = []
+    while trainer.step < total:
+        trainer.config.max_steps = min(total, trainer.step + chunk)  # where this fit() stops
+        sync(device)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        trainer.fit()
+        sync(device)
+        wall += time.perf_counter() - start
+        cpu += time.process_time() - cpu_start
+        loss = val_loss(trainer.raw_model, val, batches=eval_batches, block=block)
+        trainer.raw_model.train()
+        curve.append({"step": trainer.step, "train_seconds": wall, "val_loss": loss})
+        if verbose:
+            print(f"  step {trainer.step:>5}  {wall:6.1f} s  validation loss {loss:.3f}", flush=True)
+        if budget_seconds is not None:
+            total = max(trainer.step, trainer.config.warmup_steps,
+                        round(trainer.step + (budget_seconds - wall) * trainer.step / wall))
+            if total > trainer.step:
+                trainer.reschedule(total)
+    return curve, wall, cpu
+
+
 def time_to_loss(train, val, vocab, recipe: dict, target: tuple[float, float], compile_: bool,
                  precision: str | None, device: torch.device, eval_every: int = 100, eval_batches: int = 200) -> dict:
     """Train ``recipe`` with the Trainer; validation loss every ``eval_every`` steps against training time.
 
-    ``fit()`` runs in chunks of ``eval_every`` steps (the schedule is fixed when the trainer is
-    built, so the chunks make the same run as one call) and only the chunks are timed: compilation
-    counts, evaluation does not. ``seconds_to_target`` is the training time at the first evaluation
-    at or below the target loss (``None`` if the run never gets there).
+    ``seconds_to_target`` is the training time at the first evaluation at or below the target loss
+    (``None`` if the run never gets there); see :func:`train_in_chunks` for what is timed.
     """
     target_loss, target_seconds = target
     torch.manual_seed(0)
@@ -203,20 +235,8 @@ def time_to_loss(train, val, vocab, recipe: dict, target: tuple[float, float], c
     cfg = recipes.train_config(recipe, log_every=50, eval_every=None, compile=compile_, precision=precision,
                                device=str(device), progress=False)
     trainer = T.Trainer(model, cfg, T.token_batches(train, recipe["block_size"], recipe["batch"]))
-    wall = cpu = 0.0
-    curve = []
-    while trainer.step < recipe["steps"]:
-        cfg.max_steps = min(recipe["steps"], trainer.step + eval_every)
-        sync(device)
-        start, cpu_start = time.perf_counter(), time.process_time()
-        trainer.fit()
-        sync(device)
-        wall += time.perf_counter() - start
-        cpu += time.process_time() - cpu_start
-        loss = val_loss(trainer.raw_model, val, batches=eval_batches, block=recipe["block_size"])
-        trainer.raw_model.train()
-        curve.append({"step": trainer.step, "train_seconds": wall, "val_loss": loss})
-        print(f"  step {trainer.step:>5}  {wall:6.1f} s  validation loss {loss:.3f}", flush=True)
+    curve, wall, cpu = train_in_chunks(trainer, val, recipe["block_size"], recipe["steps"], eval_every, device,
+                                       eval_batches, verbose=True)
     reached = next((c for c in curve if c["val_loss"] <= target_loss), None)
     steps = recipe["steps"]
     return dict(recipe=dict(recipe, betas=list(recipe["betas"])), params=model.num_params(), steps=steps,

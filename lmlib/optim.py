@@ -45,22 +45,24 @@ def orthogonalize(matrix: Tensor, steps: int = 5, coefficients: tuple[float, flo
     The matrix is first divided by its Frobenius norm, which bounds the largest singular value by
     1. Each iteration X <- a X + b (X X^T) X + c (X X^T)^2 X maps every singular value s to
     a s + b s^3 + c s^5 and leaves the singular vectors alone. The products are taken on the
-    smaller side (X X^T is min(m, n) square), so a tall matrix is transposed first.
+    smaller side (X X^T is min(m, n) square), so a tall matrix is transposed first. A 3-D input
+    is a batch of matrices of one shape, each orthogonalised on its own (Muon batches its
+    same-shaped matrices this way: one product per iteration instead of one per matrix).
     """
-    if matrix.dim() != 2:
-        raise ValueError(f"orthogonalize needs a 2-D matrix, got shape {tuple(matrix.shape)}.")
+    if matrix.dim() not in (2, 3):
+        raise ValueError(f"orthogonalize needs a 2-D matrix (or a 3-D batch of them), got shape {tuple(matrix.shape)}.")
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}.")
     a, b, c = coefficients
     x = matrix if matrix.dtype in (torch.float32, torch.float64) else matrix.float()  # half precision: in float32
-    tall = x.shape[0] > x.shape[1]
+    tall = x.shape[-2] > x.shape[-1]
     if tall:
-        x = x.T
-    x = x / (x.norm() + eps)
+        x = x.mT
+    x = x / (torch.linalg.matrix_norm(x, keepdim=True) + eps)
     for _ in range(steps):
-        gram = x @ x.T
+        gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x
-    return (x.T if tall else x).to(matrix.dtype)
+    return (x.mT if tall else x).to(matrix.dtype)
 
 
 class Muon(torch.optim.Optimizer):
@@ -111,34 +113,55 @@ class Muon(torch.optim.Optimizer):
         for group in self.param_groups:
             if group["algorithm"] == "adamw":
                 self._adamw_step(group)
-                continue
-            lr, momentum = group["lr"], group["momentum"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                buffer = self.state[p].get("momentum_buffer")
-                if buffer is None:
-                    buffer = self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
-                buffer.mul_(momentum).add_(p.grad)
-                direction = p.grad.add(buffer, alpha=momentum) if group["nesterov"] else buffer
-                update = orthogonalize(direction, group["ns_steps"])
-                if group["weight_decay"]:
-                    p.mul_(1 - lr * group["weight_decay"])
-                p.add_(update, alpha=-lr * max(1.0, p.shape[0] / p.shape[1]) ** 0.5)
+            else:
+                self._muon_step(group)
         return loss
 
+    def _muon_step(self, group: dict) -> None:
+        lr, momentum = group["lr"], group["momentum"]
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        grads = [p.grad for p in params]
+        buffers = []
+        for p in params:
+            if "momentum_buffer" not in self.state[p]:
+                self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
+            buffers.append(self.state[p]["momentum_buffer"])
+        torch._foreach_mul_(buffers, momentum)
+        torch._foreach_add_(buffers, grads)
+        directions = torch._foreach_add(grads, buffers, alpha=momentum) if group["nesterov"] else buffers
+        if group["weight_decay"]:
+            torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
+        by_shape: dict[tuple, list[int]] = {}  # same-shaped matrices are orthogonalised as one batch
+        for i, p in enumerate(params):
+            by_shape.setdefault((tuple(p.shape), p.dtype, p.device), []).append(i)
+        for (shape, _, _), index in by_shape.items():
+            updates = orthogonalize(torch.stack([directions[i] for i in index]), group["ns_steps"])
+            scale = -lr * max(1.0, shape[0] / shape[1]) ** 0.5
+            torch._foreach_add_([params[i] for i in index], list(updates.unbind(0)), alpha=scale)
+
     def _adamw_step(self, group: dict) -> None:
-        """AdamW's update (Loshchilov and Hutter 2019), as torch.optim.AdamW computes it."""
+        """AdamW's update (Loshchilov and Hutter 2019), as torch.optim.AdamW computes it (one
+        ``torch._foreach`` call per operation over the group's tensors, not one per tensor)."""
         (beta1, beta2), lr = group["betas"], group["lr"]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            state = self.state[p]
-            if not state:
-                state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-            state["step"] += 1
-            state["exp_avg"].lerp_(p.grad, 1 - beta1)
-            state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-            p.mul_(1 - lr * group["weight_decay"])
-            denominator = (state["exp_avg_sq"].sqrt() / (1 - beta2 ** state["step"]) ** 0.5).add_(group["eps"])
-            p.addcdiv_(state["exp_avg"], denominator, value=-lr / (1 - beta1 ** state["step"]))
+        params = [p for p in group["params"] if p.grad is not None]
+        for p in params:
+            if not self.state[p]:
+                self.state[p].update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+            self.state[p]["step"] += 1
+        by_step: dict[int, list] = {}  # bias correction needs the step count: params that share it go together
+        for p in params:
+            by_step.setdefault(self.state[p]["step"], []).append(p)
+        for step, ps in by_step.items():
+            grads = [p.grad for p in ps]
+            exp_avg = [self.state[p]["exp_avg"] for p in ps]
+            exp_avg_sq = [self.state[p]["exp_avg_sq"] for p in ps]
+            torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
+            torch._foreach_mul_(exp_avg_sq, beta2)
+            torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - beta2)
+            torch._foreach_mul_(ps, 1 - lr * group["weight_decay"])
+            denominator = torch._foreach_sqrt(exp_avg_sq)
+            torch._foreach_div_(denominator, (1 - beta2 ** step) ** 0.5)
+            torch._foreach_add_(denominator, group["eps"])
+            torch._foreach_addcdiv_(ps, exp_avg, denominator, value=-lr / (1 - beta1 ** step))

@@ -71,6 +71,12 @@ SHAKESPEARE_CHAR = {
 }
 
 
+#: The speedrun preset (chapter 4, "What the speedruns learned"): the ``cpu`` preset with the one change of
+#: ``benchmarks/speedrun_ladder.py`` that paid on a 2-core CPU, Muon for the blocks' weight matrices
+#: (:class:`lmlib.optim.Muon`; AdamW for the rest), and the step count that fills about 100 s of training there.
+SHAKESPEARE_SPEEDRUN = dict(SHAKESPEARE_CHAR["cpu"], optimizer="muon", muon_lr=0.02, steps=2000)
+
+
 def shakespeare_char(scale: str | None = None) -> dict:
     """The recipe for ``scale`` (``smoke``/``cpu``/``gpu``; default: the ``LMLIB_SCALE`` preset). A copy."""
     if scale is None:
@@ -182,14 +188,41 @@ def corpus_cache_folder(recipe: dict) -> Path:
     return cache_dir() / "course-corpus" / digest
 
 
-def save_course_corpus(recipe: dict, cleaned, tok: ByteBPE, progress: bool = True) -> Path:
+def _write_corpus(folder: Path, recipe: dict, cleaned, tok: ByteBPE, progress: bool,
+                  train_shard: str | Path | None = None) -> None:
+    """Write the corpus files into the existing, empty ``folder`` (the one encoding path)."""
+    eot = tok.special_tokens[EOT]
+    for split in ("train", "val"):
+        target = folder / f"{split}.bin"
+        if split == "train" and train_shard is not None:
+            shard = open_packed(train_shard)  # checked against its sidecar before it is trusted
+            meta = json.loads(Path(str(train_shard) + ".json").read_text())
+            if (meta["vocab_size"], meta["eot_id"], meta["n_docs"]) != (tok.vocab_size, eot, len(cleaned.train)):
+                raise ValueError(f"{train_shard} was not packed from this corpus's training split with this "
+                                 f"tokenizer (its sidecar says {meta}); pack it again or leave train_shard out.")
+            del shard
+            shutil.copyfile(train_shard, target)
+            shutil.copyfile(str(train_shard) + ".json", str(target) + ".json")
+            continue
+        pack((tok.encode_list(doc) for doc in getattr(cleaned, split)), target, tok.vocab_size,
+             eot_id=eot, progress=progress)
+    tok.save(folder / "tokenizer.json")
+    summary = dict(recipe={k: recipe[k] for k in CORPUS_FIELDS}, stages=cleaned.table(),
+                   drop_counts=cleaned.drop_counts, val_pages=cleaned.val_pages,
+                   train_docs=len(cleaned.train), val_docs=len(cleaned.val))
+    (folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+
+def save_course_corpus(recipe: dict, cleaned, tok: ByteBPE, progress: bool = True,
+                       train_shard: str | Path | None = None) -> Path:
     """Write the corpus of ``recipe`` (``cleaned``: :func:`lmlib.corpus.clean`'s result, ``tok`` the
     BPE trained on its training split) to its cache folder; returns the folder.
 
     Chapter 4's data pipeline page calls this after building the corpus step by step, so that the
     course-model page trains on it without rebuilding it. The token files are
-    :func:`lmlib.dedup.pack` shards; the folder appears whole or not at all (written beside, then
-    renamed).
+    :func:`lmlib.dedup.pack` shards; ``train_shard``, a shard the caller already packed from
+    ``cleaned.train`` with ``tok`` (EOT after each document), is copied instead of encoded again.
+    The folder appears whole or not at all (written beside, then renamed).
     """
     folder = corpus_cache_folder(recipe)
     if (folder / "summary.json").is_file():  # prepared before: same key, same content
@@ -197,15 +230,7 @@ def save_course_corpus(recipe: dict, cleaned, tok: ByteBPE, progress: bool = Tru
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".writing-", dir=folder.parent))
     try:
-        eot = tok.special_tokens[EOT]
-        for split in ("train", "val"):
-            pack((tok.encode_list(doc) for doc in getattr(cleaned, split)), tmp / f"{split}.bin", tok.vocab_size,
-                 eot_id=eot, progress=progress)
-        tok.save(tmp / "tokenizer.json")
-        summary = dict(recipe={k: recipe[k] for k in CORPUS_FIELDS}, stages=cleaned.table(),
-                       drop_counts=cleaned.drop_counts, val_pages=cleaned.val_pages,
-                       train_docs=len(cleaned.train), val_docs=len(cleaned.val))
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        _write_corpus(tmp, recipe, cleaned, tok, progress, train_shard)
         if folder.exists():  # another run wrote it meanwhile: the same key, the same content
             shutil.rmtree(tmp)
         else:
@@ -216,12 +241,12 @@ def save_course_corpus(recipe: dict, cleaned, tok: ByteBPE, progress: bool = Tru
     return folder
 
 
-def _load_course_corpus(folder: Path) -> CourseCorpus:
+def _load_course_corpus(folder: Path, from_cache: bool = True) -> CourseCorpus:
     summary = json.loads((folder / "summary.json").read_text())
     ids = {split: torch.from_numpy(open_packed(folder / f"{split}.bin").astype("int64")) for split in ("train", "val")}
     return CourseCorpus(summary["stages"], summary["drop_counts"], summary["val_pages"], summary["train_docs"],
                         summary["val_docs"], ByteBPE.load(folder / "tokenizer.json"), ids["train"], ids["val"],
-                        from_cache=True)
+                        from_cache=from_cache)
 
 
 def course_corpus(recipe: dict, progress: bool = True, cache: bool = True) -> CourseCorpus:
@@ -230,7 +255,7 @@ def course_corpus(recipe: dict, progress: bool = True, cache: bool = True) -> Co
     Building runs :func:`lmlib.corpus.clean` on the first ``n_files`` files of
     ``enwiki-2018-slice`` and trains the byte-level BPE on its training split only (about a minute
     at the ``cpu`` and ``full`` recipes, on 2 cores); ``cache=False`` builds without reading or
-    writing the cache.
+    writing the cache (the files go to a temporary folder, read back, then deleted).
     """
     folder = corpus_cache_folder(recipe)
     if cache and (folder / "summary.json").is_file():
@@ -242,19 +267,10 @@ def course_corpus(recipe: dict, progress: bool = True, cache: bool = True) -> Co
     cleaned = clean(read_enwiki(recipe["n_files"])[0], n_val=recipe["n_val"], seed=recipe["seed"], progress=progress)
     tok = ByteBPE.train("\n\n".join(cleaned.train), recipe["vocab_size"], special_tokens=[EOT], progress=progress)
     if cache:
-        return dataclasses.replace(_load_course_corpus(save_course_corpus(recipe, cleaned, tok, progress)),
-                                   from_cache=False)
-    eot = tok.special_tokens[EOT]
-
-    def ids(texts):
-        out: list[int] = []
-        for text in texts:
-            out += tok.encode_list(text)
-            out.append(eot)
-        return torch.tensor(out, dtype=torch.long)
-
-    return CourseCorpus(cleaned.table(), cleaned.drop_counts, cleaned.val_pages, len(cleaned.train),
-                        len(cleaned.val), tok, ids(cleaned.train), ids(cleaned.val))
+        return _load_course_corpus(save_course_corpus(recipe, cleaned, tok, progress), from_cache=False)
+    with tempfile.TemporaryDirectory(prefix="course-corpus-") as tmp:
+        _write_corpus(Path(tmp), recipe, cleaned, tok, progress)
+        return _load_course_corpus(Path(tmp), from_cache=False)
 
 
 def _machine() -> dict:

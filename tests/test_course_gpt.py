@@ -143,3 +143,31 @@ def test_the_corpus_is_prepared_once_then_read_from_the_cache(tmp_path, monkeypa
     with pytest.warns(UserWarning, match="cannot be read"):
         again = recipes.course_corpus(recipe, progress=False)
     assert torch.equal(again.train_ids, built.train_ids) and not again.from_cache
+
+
+def test_save_course_corpus_copies_a_train_shard_packed_by_the_caller(tmp_path, monkeypatch):
+    if not (data.mirrors() and (data.mirrors()[0] / "enwiki-2018-slice").is_dir()):
+        pytest.skip("needs the course data mirror (LMLIB_DATA) with enwiki-2018-slice")
+    from lmlib import corpus, dedup
+    from lmlib.tokenizers import ByteBPE
+
+    monkeypatch.setenv("LMLIB_CACHE", str(tmp_path / "cache"))
+    recipe = recipes.course_gpt("smoke")
+    cleaned = corpus.clean(corpus.read_enwiki(recipe["n_files"])[0], n_val=recipe["n_val"], seed=recipe["seed"],
+                           progress=False)
+    tok = ByteBPE.train("\n\n".join(cleaned.train), recipe["vocab_size"], special_tokens=[recipes.EOT])
+    eot = tok.special_tokens[recipes.EOT]
+    shard = tmp_path / "train.bin"
+    dedup.pack((tok.encode_list(d) for d in cleaned.train), shard, tok.vocab_size, eot_id=eot, progress=False)
+    # a shard of other documents is refused, naming the file
+    wrong = tmp_path / "wrong.bin"
+    dedup.pack((tok.encode_list(d) for d in cleaned.train[1:]), wrong, tok.vocab_size, eot_id=eot, progress=False)
+    with pytest.raises(ValueError, match="wrong.bin"):
+        recipes.save_course_corpus(recipe, cleaned, tok, progress=False, train_shard=wrong)
+    assert not recipes.corpus_cache_folder(recipe).exists()
+    folder = recipes.save_course_corpus(recipe, cleaned, tok, progress=False, train_shard=shard)
+    assert (folder / "train.bin").read_bytes() == shard.read_bytes()
+    fresh = recipes.course_corpus(recipe, progress=False, cache=False)  # encoded from scratch, the same tokens
+    cached = recipes.course_corpus(recipe, progress=False)
+    assert cached.from_cache and torch.equal(cached.train_ids, fresh.train_ids)
+    assert torch.equal(cached.val_ids, fresh.val_ids)

@@ -38,9 +38,37 @@ def test_five_quintic_steps_keep_the_singular_vectors_and_move_the_values_near_1
 
 def test_orthogonalize_refuses_what_it_cannot_do():
     with pytest.raises(ValueError, match="2-D"):
-        orthogonalize(torch.randn(2, 3, 4))
+        orthogonalize(torch.randn(5))
+    with pytest.raises(ValueError, match="2-D"):
+        orthogonalize(torch.randn(2, 2, 3, 4))
     with pytest.raises(ValueError, match="steps"):
         orthogonalize(torch.randn(3, 3), steps=-1)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7), (4, 9, 2)])
+def test_a_batch_of_matrices_is_orthogonalised_one_by_one(shape):
+    torch.manual_seed(0)
+    batch = torch.randn(*shape, dtype=torch.float64)
+    torch.testing.assert_close(orthogonalize(batch), torch.stack([orthogonalize(m) for m in batch]))
+
+
+def test_muon_batches_same_shaped_matrices_without_changing_the_step():
+    torch.manual_seed(0)
+    shapes = [(6, 4), (6, 4), (4, 6), (6, 4), (3, 3)]
+    ws = [torch.nn.Parameter(torch.randn(s, dtype=torch.float64)) for s in shapes]
+    expected = [w.detach().clone() for w in ws]
+    opt = Muon(ws, lr=0.05, momentum=0.9, nesterov=False, weight_decay=0.1)
+    buffers = [torch.zeros_like(e) for e in expected]
+    for _ in range(3):
+        grads = [torch.randn_like(e) for e in expected]
+        for w, g in zip(ws, grads):
+            w.grad = g.clone()
+        opt.step()
+        for i, (g, s) in enumerate(zip(grads, shapes)):
+            buffers[i] = 0.9 * buffers[i] + g
+            expected[i] = expected[i] * (1 - 0.05 * 0.1) - 0.05 * max(1, s[0] / s[1]) ** 0.5 * orthogonalize(buffers[i])
+    for w, e in zip(ws, expected):
+        torch.testing.assert_close(w.detach(), e)
 
 
 def test_one_muon_step_by_hand():

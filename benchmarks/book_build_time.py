@@ -1,0 +1,70 @@
+"""How long the whole ``make book`` takes at a scale preset: every notebook executed, then the site built.
+
+The book's goal is 30 minutes on a 2-core CPU at the ``cpu`` preset, for a new reader with an empty
+cache. This script runs the same build as ``make book`` (``jupyter-book build . -W --keep-going``)
+into a temporary output folder, with ``LMLIB_CACHE`` pointed at a fresh folder so nothing prepared
+by an earlier run (the course corpus, for one) is reused, and prints the wall time against the goal
+beside the sum of the notebooks' own times from ``results/<preset>_notebook_times.json``.
+
+    LMLIB_DATA=<mirror> .venv/bin/python benchmarks/book_build_time.py        # cpu preset, ~30 min
+
+Results: ``benchmarks/results/<preset>_book_build.json`` and stdout. Run it on a quiet machine:
+any other work on the two cores slows every training step of every notebook.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from common import RESULTS, cpu_name, write_results
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "gpu"])
+    parser.add_argument("--goal-minutes", type=float, default=30.0)
+    parser.add_argument("--keep-cache", action="store_true", help="use the usual LMLIB_CACHE instead of a fresh one")
+    args = parser.parse_args()
+
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    with tempfile.TemporaryDirectory(prefix="book-build-") as tmp:
+        env = dict(os.environ, LMLIB_SCALE=args.preset)
+        if not args.keep_cache:
+            env["LMLIB_CACHE"] = str(Path(tmp) / "cache")
+        command = [str(jupyter_book), "build", ".", "-W", "--keep-going", "--path-output", str(Path(tmp) / "out")]
+        load_before = os.getloadavg()
+        start = time.perf_counter()
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        load_after = os.getloadavg()
+    if done.returncode:
+        print(done.stdout[-3000:], done.stderr[-3000:], sep="\n")
+        raise SystemExit(f"the book build failed (exit {done.returncode}); its output is above")
+
+    times_file = RESULTS / f"{args.preset}_notebook_times.json"
+    notebooks = json.loads(times_file.read_text())["total_seconds"] if times_file.is_file() else None
+    result = dict(
+        date=datetime.now(timezone.utc).isoformat(timespec="seconds"), preset=args.preset, machine=cpu_name(),
+        cpu_count=os.cpu_count(), build_seconds=seconds, goal_minutes=args.goal_minutes,
+        notebook_seconds_from_times_file=notebooks, fresh_cache=not args.keep_cache,
+        load_average=dict(before=load_before, after=load_after),
+        command="LMLIB_DATA=<mirror> .venv/bin/python benchmarks/book_build_time.py"
+                + (f" --preset {args.preset}" if args.preset != "cpu" else ""),
+    )
+    print(f"make book at {args.preset}: {seconds / 60:.1f} min, {seconds / 60 / args.goal_minutes:.2f}x the "
+          f"{args.goal_minutes:.0f}-minute goal"
+          + (f"; the notebooks alone took {notebooks / 60:.1f} min in {times_file.name}" if notebooks else ""))
+    write_results(result, RESULTS / f"{args.preset}_book_build.json")
+
+
+if __name__ == "__main__":
+    main()
