@@ -46,7 +46,7 @@ MultiHeadAttention(d_model, n_heads, n_kv_heads=None, bias=True, dropout=0.0, ca
         length). A ``RotaryEmbedding`` instance is such a function.
       * ``cache``: a ``KVCache``. Keys and values of the new tokens are appended to it and the
         queries attend to everything it holds (self-attention only).
-KVCache()  .update(k, v) -> (k_all, v_all);  .length;  .reset()
+KVCache()  .update(k, v) -> (k_all, v_all);  .length;  .reset();  .truncate(length)
     Per-layer store of past keys and values, (B, Hkv, S, D); stores un-repeated kv heads, so
     grouped-query attention shrinks it by n_heads / n_kv_heads.
 kv_cache_bytes(n_layers, n_kv_heads, head_dim, seq_len, batch=1, dtype=torch.float16) -> int
@@ -267,6 +267,13 @@ class KVCache:
 
     def reset(self) -> None:
         self.k = self.v = None
+
+    def truncate(self, length: int) -> None:
+        """Keep only the first ``length`` positions (speculative decoding drops rejected guesses)."""
+        if length < 0:
+            raise ValueError(f"length must be >= 0, got {length}.")
+        if self.k is not None and self.length > length:
+            self.k, self.v = self.k[..., :length, :], self.v[..., :length, :]
 
 
 def kv_cache_bytes(

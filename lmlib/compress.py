@@ -3,7 +3,8 @@
 Derived in chapter 6 ("Challenges and frontiers", notebook 01 "Faster and smaller"). Everything is
 written from scratch on top of plain PyTorch, so each step can be read and tested:
 
-- symmetric int8 (and packed int4) weight quantization, per output channel or per tensor;
+- symmetric int8 (and packed int4) weight quantization, per output channel, per tensor or per
+  group of ``group_size`` consecutive weights of a row (one scale per group);
 - :class:`QuantizedLinear`, a drop-in ``nn.Linear`` that stores int8/int4 weights and dequantizes
   them on the fly, and :func:`quantize_model`, which swaps every linear layer of a model (a tied
   embedding and output head share one quantized matrix);
@@ -15,10 +16,14 @@ written from scratch on top of plain PyTorch, so each step can be read and teste
 
 API::
 
-    quantize_int8(weight, per_channel=True) -> (q int8, scale float32)
-    quantize_int4(weight) -> (packed uint8, scale)       two 4-bit values per byte, per channel
-    dequantize(q, scale) -> float32 weight; dequantize_int4(packed, scale, in_features)
-    QuantizedLinear.from_linear(linear, bits=8); quantize_model(model, bits=8) -> new model
+    quantize_int8(weight, per_channel=True, group_size=None) -> (q int8, scale float32)
+    quantize_int4(weight, group_size=None) -> (packed uint8, scale)   two 4-bit values per byte
+        (the scale is (out, 1) per channel, (1, 1) per tensor, (out, ceil(in / group_size)) per group)
+    dequantize(q, scale, group_size=None) -> float32 weight
+    dequantize_int4(packed, scale, in_features, group_size=None)
+    expand_scale(scale, in_features, group_size=None) -> (out or 1, in_features)   each scale over its weights
+    QuantizedLinear.from_linear(linear, bits=8, group_size=None)
+    quantize_model(model, bits=8, group_size=None) -> new model
     QuantizedEmbedding                                  a tied embedding that reads the quantized head
     magnitude_prune(model, sparsity, scope="global") -> {name: mask}; sparsity(model) -> float
     drop_blocks(model, drop) -> new model without the blocks whose indices are in drop
@@ -39,7 +44,7 @@ import torch.nn.functional as F
 Tensor = torch.Tensor
 
 __all__ = [
-    "quantize_int8", "quantize_int4", "dequantize", "dequantize_int4", "QuantizedLinear",
+    "quantize_int8", "quantize_int4", "dequantize", "dequantize_int4", "expand_scale", "QuantizedLinear",
     "QuantizedEmbedding", "quantize_model", "magnitude_prune", "sparsity", "drop_blocks", "distillation_loss",
     "Distiller", "model_size_bytes",
 ]
@@ -53,51 +58,78 @@ def _check_weight(weight: Tensor, name: str) -> None:
         raise ValueError(f"{name} needs a 2-D floating-point weight (out_features, in_features), got {shape}.")
 
 
-def _scales(weight: Tensor, qmax: int, per_channel: bool) -> Tensor:
-    """One scale per row (output channel) or one for the whole matrix, so that max |w| maps to qmax."""
+def _scales(weight: Tensor, qmax: int, per_channel: bool, group_size: int | None = None) -> Tensor:
+    """One scale per row (output channel), per group of ``group_size`` weights of a row, or one for
+    the whole matrix, so that the largest |w| each scale covers maps to qmax."""
     w = weight.detach().float()
-    amax = w.abs().amax(dim=1, keepdim=True) if per_channel else w.abs().amax().reshape(1, 1)
+    if group_size is not None:
+        if not isinstance(group_size, int) or group_size < 1:
+            raise ValueError(f"group_size must be a positive integer (32 or 128 are usual), got {group_size!r}.")
+        pad = -w.shape[1] % group_size
+        amax = F.pad(w.abs(), (0, pad)).reshape(w.shape[0], -1, group_size).amax(dim=2)
+    else:
+        amax = w.abs().amax(dim=1, keepdim=True) if per_channel else w.abs().amax().reshape(1, 1)
     return (amax / qmax).clamp(min=1e-12)  # an all-zero row would give scale 0 and a division by zero
 
 
-def quantize_int8(weight: Tensor, per_channel: bool = True) -> tuple[Tensor, Tensor]:
+def expand_scale(scale: Tensor, in_features: int, group_size: int | None = None) -> Tensor:
+    """Each scale repeated over the weights it covers: (rows, groups) -> (rows, in_features).
+
+    A per-channel (rows, 1) or per-tensor (1, 1) scale broadcasts as it is; a group-wise scale
+    covers ``group_size`` consecutive weights per column (the last group of a row may be shorter).
+    The number of groups alone does not fix the group size (12 weights make 3 groups of 4 or of 5),
+    so a group-wise scale needs the ``group_size`` it was made with.
+    """
+    if scale.shape[-1] == 1:
+        return scale
+    if group_size is None or -(-in_features // group_size) != scale.shape[-1]:
+        raise ValueError(f"this scale has {scale.shape[-1]} columns, one per group of a row of {in_features} "
+                         f"weights; pass the group_size it was made with (got {group_size}).")
+    return scale.repeat_interleave(group_size, dim=-1)[..., :in_features]
+
+
+def quantize_int8(weight: Tensor, per_channel: bool = True, group_size: int | None = None) -> tuple[Tensor, Tensor]:
     """Symmetric int8 quantization: ``q = round(w / scale)`` in [-127, 127], ``scale = max|w| / 127``.
 
     With ``per_channel`` each output row gets its own scale, shape (out, 1); else one scale,
-    shape (1, 1). ``dequantize(q, scale)`` gives back ``w`` within ``scale / 2`` per entry.
+    shape (1, 1). With ``group_size`` each run of that many consecutive weights in a row gets its
+    own, shape (out, ceil(in / group_size)): one outlier then coarsens only its own group.
+    ``dequantize(q, scale)`` gives back ``w`` within ``scale / 2`` per entry.
     """
     _check_weight(weight, "quantize_int8")
-    scale = _scales(weight, 127, per_channel)
-    q = torch.round(weight.detach().float() / scale).clamp(-127, 127).to(torch.int8)
-    return q, scale
+    scale = _scales(weight, 127, per_channel, group_size)
+    q = torch.round(weight.detach().float() / expand_scale(scale, weight.shape[1], group_size))
+    return q.clamp(-127, 127).to(torch.int8), scale
 
 
-def dequantize(q: Tensor, scale: Tensor) -> Tensor:
-    """The float32 weight that ``q`` (int8) and ``scale`` (per row or one value) stand for."""
-    return q.float() * scale
+def dequantize(q: Tensor, scale: Tensor, group_size: int | None = None) -> Tensor:
+    """The float32 weight that ``q`` (int8) and ``scale`` (per row, per group or one value) stand for."""
+    return q.float() * expand_scale(scale, q.shape[-1], group_size)
 
 
-def quantize_int4(weight: Tensor) -> tuple[Tensor, Tensor]:
-    """Symmetric 4-bit quantization per output channel, two values packed into each byte.
+def quantize_int4(weight: Tensor, group_size: int | None = None) -> tuple[Tensor, Tensor]:
+    """Symmetric 4-bit quantization per output channel (or per group of ``group_size`` weights of
+    a row), two values packed into each byte.
 
     Values are in [-7, 7] (``scale = max|w| / 7``), stored offset by 8 as unsigned nibbles; an odd
     number of columns is padded with one zero. Returns ``(packed uint8 (out, ceil(in / 2)), scale)``.
     """
     _check_weight(weight, "quantize_int4")
-    scale = _scales(weight, 7, per_channel=True)
-    q = torch.round(weight.detach().float() / scale).clamp(-7, 7).to(torch.int16) + 8  # 1..15
+    scale = _scales(weight, 7, per_channel=True, group_size=group_size)
+    q = torch.round(weight.detach().float() / expand_scale(scale, weight.shape[1], group_size)).clamp(-7, 7)
+    q = q.to(torch.int16) + 8  # 1..15
     if q.shape[1] % 2:
         q = F.pad(q, (0, 1), value=8)
     packed = (q[:, 0::2] | (q[:, 1::2] << 4)).to(torch.uint8)
     return packed, scale
 
 
-def dequantize_int4(packed: Tensor, scale: Tensor, in_features: int) -> Tensor:
+def dequantize_int4(packed: Tensor, scale: Tensor, in_features: int, group_size: int | None = None) -> Tensor:
     """Unpack :func:`quantize_int4`'s bytes into the float32 (out, in_features) weight."""
     low = (packed & 0x0F).to(torch.int16) - 8
     high = (packed >> 4).to(torch.int16) - 8
     q = torch.stack([low, high], dim=-1).flatten(1)[:, :in_features]
-    return q.float() * scale
+    return q.float() * expand_scale(scale, in_features, group_size)
 
 
 # --- quantized modules --------------------------------------------------------------------------
@@ -110,22 +142,25 @@ class QuantizedLinear(nn.Module):
     CPU the extra dequantization makes each call a little slower, not faster (chapter 6 measures it).
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, bits: int = 8) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, bits: int = 8,
+                 group_size: int | None = None) -> None:
         super().__init__()
         if bits not in (4, 8):
             raise ValueError(f"bits must be 8 or 4, got {bits!r}.")
-        self.in_features, self.out_features, self.bits = in_features, out_features, bits
+        self.in_features, self.out_features, self.bits, self.group_size = in_features, out_features, bits, group_size
         cols = in_features if bits == 8 else (in_features + 1) // 2
+        groups = 1 if group_size is None else -(-in_features // group_size)
         self.register_buffer("qweight", torch.zeros(out_features, cols, dtype=torch.int8 if bits == 8 else torch.uint8))
-        self.register_buffer("scale", torch.ones(out_features, 1))
+        self.register_buffer("scale", torch.ones(out_features, groups))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, bits: int = 8) -> "QuantizedLinear":
+    def from_linear(cls, linear: nn.Linear, bits: int = 8, group_size: int | None = None) -> "QuantizedLinear":
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"from_linear needs an nn.Linear, got {type(linear).__name__}.")
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, bits)
-        q, scale = quantize_int8(linear.weight) if bits == 8 else quantize_int4(linear.weight)
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, bits, group_size)
+        q, scale = (quantize_int8(linear.weight, group_size=group_size) if bits == 8
+                    else quantize_int4(linear.weight, group_size=group_size))
         layer.qweight.copy_(q)
         layer.scale.copy_(scale)
         if linear.bias is not None:
@@ -135,14 +170,15 @@ class QuantizedLinear(nn.Module):
     def weight(self) -> Tensor:
         """The dequantized float32 weight (out_features, in_features)."""
         if self.bits == 8:
-            return dequantize(self.qweight, self.scale)
-        return dequantize_int4(self.qweight, self.scale, self.in_features)
+            return dequantize(self.qweight, self.scale, self.group_size)
+        return dequantize_int4(self.qweight, self.scale, self.in_features, self.group_size)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}"
+        groups = "" if self.group_size is None else f", group_size={self.group_size}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}{groups}"
 
 
 class QuantizedEmbedding(nn.Module):
@@ -159,22 +195,23 @@ class QuantizedEmbedding(nn.Module):
     def forward(self, idx: Tensor) -> Tensor:
         head = self.head[0]
         if head.bits == 8:
-            return dequantize(head.qweight[idx], head.scale[idx])
+            return dequantize(head.qweight[idx], head.scale[idx], head.group_size)
         rows = head.qweight[idx.flatten()]
-        return dequantize_int4(rows, head.scale[idx.flatten()], head.in_features).reshape(*idx.shape, -1)
+        return dequantize_int4(rows, head.scale[idx.flatten()], head.in_features, head.group_size).reshape(*idx.shape, -1)
 
 
-def quantize_model(model: nn.Module, bits: int = 8) -> nn.Module:
+def quantize_model(model: nn.Module, bits: int = 8, group_size: int | None = None) -> nn.Module:
     """A copy of ``model`` (left unchanged) with every ``nn.Linear`` replaced by :class:`QuantizedLinear`.
 
     If the model ties its token embedding ``wte`` to its output head ``lm_head`` (as
     :class:`lmlib.model.GPT` does), the embedding becomes a :class:`QuantizedEmbedding` reading the
     quantized head, so the two stay one matrix. Norms and position tables stay float32.
+    ``group_size`` gives every layer one scale per group of that many weights of a row.
     """
     if bits not in (4, 8):
         raise ValueError(f"bits must be 8 or 4, got {bits!r}.")
     if isinstance(model, nn.Linear):
-        return QuantizedLinear.from_linear(model, bits)
+        return QuantizedLinear.from_linear(model, bits, group_size)
     if not any(isinstance(m, nn.Linear) for m in model.modules()):
         raise ValueError("quantize_model found no nn.Linear layer to quantize in this model.")
     model = copy.deepcopy(model).eval()
@@ -183,7 +220,7 @@ def quantize_model(model: nn.Module, bits: int = 8) -> nn.Module:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
-                setattr(parent, name, QuantizedLinear.from_linear(child, bits))
+                setattr(parent, name, QuantizedLinear.from_linear(child, bits, group_size))
     if tied:
         model.wte = QuantizedEmbedding(model.lm_head)
     return model

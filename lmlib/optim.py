@@ -1,11 +1,17 @@
-"""Muon: momentum whose update is orthogonalised, for the weight matrices inside the blocks.
+"""Optimizers written out: the textbook update rules, and Muon, the speedruns' optimizer.
 
-Chapter 4 ("what the speedruns learned") derives it. For a weight matrix W, plain momentum steps
-along the momentum matrix M. Most of M's size sits in a few directions (its largest singular
-values), so those directions take big steps while the rest barely move. Muon keeps M's singular
-vectors and sets every singular value to about 1: with M = U S V^T it steps along U V^T, the
-orthogonal matrix nearest to M. Computing U V^T by an SVD is slow on a GPU; a few Newton-Schulz
-iterations get close with matrix products only (:func:`orthogonalize`).
+Chapter 4 derives both. :class:`TextbookOptimizer` implements gradient descent, momentum,
+RMSProp, Adam and AdamW as one line of tensor arithmetic each, so a reader can compare them on one
+model; :func:`torch_equivalent` builds the ``torch.optim`` object that computes the same steps
+(the tests check every rule against it to float64 precision).
+
+Muon ("what the speedruns learned") is momentum whose update is orthogonalised, for the weight
+matrices inside the blocks. For a weight matrix W, plain momentum steps along the momentum matrix
+M. Most of M's size sits in a few directions (its largest singular values), so those directions
+take big steps while the rest barely move. Muon keeps M's singular vectors and sets every singular
+value to about 1: with M = U S V^T it steps along U V^T, the orthogonal matrix nearest to M.
+Computing U V^T by an SVD is slow on a GPU; a few Newton-Schulz iterations get close with matrix
+products only (:func:`orthogonalize`).
 
 Muon is for 2-D matrices of the hidden layers. Embeddings, the output head, norms and biases
 keep AdamW: a parameter group with ``algorithm="adamw"`` is updated by AdamW's rule in the same
@@ -13,6 +19,10 @@ optimizer (one object for the scheduler, the gradient scaler and the checkpoint)
 :func:`lmlib.train.muon_groups` makes the split.
 
 API:
+    RULES = ("sgd", "momentum", "rmsprop", "adam", "adamw")
+    TextbookOptimizer(params, rule, lr, momentum=0.9, alpha=0.99, betas=(0.9, 0.999), eps=1e-8,
+                      weight_decay=0.0)                  # one rule of RULES, written out
+    torch_equivalent(rule, params, lr, ...) -> torch.optim.Optimizer   the same steps, by torch
     orthogonalize(matrix, steps=5, coefficients=QUINTIC, eps=1e-7) -> Tensor
     Muon(params, lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.0,
          betas=(0.9, 0.95), eps=1e-8)                    # groups: algorithm="muon" or "adamw"
@@ -25,7 +35,89 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-__all__ = ["orthogonalize", "Muon", "QUINTIC", "CUBIC"]
+__all__ = ["RULES", "TextbookOptimizer", "torch_equivalent", "orthogonalize", "Muon", "QUINTIC", "CUBIC"]
+
+#: The rules of :class:`TextbookOptimizer`, from the oldest to the one the course trains with.
+RULES = ("sgd", "momentum", "rmsprop", "adam", "adamw")
+
+
+class TextbookOptimizer(torch.optim.Optimizer):
+    """Gradient descent, momentum, RMSProp, Adam or AdamW (``rule``), written out (chapter 4).
+
+    For a parameter w with gradient g at step t (state starts at zero):
+
+    - ``sgd``:      w <- w - lr (g + weight_decay w)
+    - ``momentum``: b <- momentum b + g (b = g at the first step);  w <- w - lr b
+    - ``rmsprop``:  s <- alpha s + (1 - alpha) g^2;  w <- w - lr g / (sqrt(s) + eps)
+    - ``adam``:     g <- g + weight_decay w (L2, folded into the gradient);
+                    m <- beta1 m + (1 - beta1) g;  v <- beta2 v + (1 - beta2) g^2;
+                    w <- w - lr (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
+    - ``adamw``:    w <- w (1 - lr weight_decay) (decoupled), then Adam's step without the L2 term.
+
+    The divisions by 1 - beta^t undo the pull towards zero of averages that start at zero (bias
+    correction). Momentum and RMSProp ignore ``weight_decay`` except through ``sgd``'s form.
+    """
+
+    def __init__(self, params: Iterable, rule: str, lr: float, momentum: float = 0.9, alpha: float = 0.99,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        if rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {rule!r}.")
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}.")
+        super().__init__(params, dict(rule=rule, lr=lr, momentum=momentum, alpha=alpha, betas=betas, eps=eps,
+                                      weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            rule, lr, wd = group["rule"], group["lr"], group["weight_decay"]
+            (beta1, beta2), eps = group["betas"], group["eps"]
+            for w in group["params"]:
+                if w.grad is None:
+                    continue
+                g, state = w.grad, self.state[w]
+                if rule == "sgd":
+                    w -= lr * (g + wd * w)
+                elif rule == "momentum":
+                    state["b"] = g.clone() if "b" not in state else group["momentum"] * state["b"] + g
+                    w -= lr * state["b"]
+                elif rule == "rmsprop":
+                    s = state.get("s", torch.zeros_like(w))
+                    state["s"] = group["alpha"] * s + (1 - group["alpha"]) * g * g
+                    w -= lr * g / (state["s"].sqrt() + eps)
+                else:  # adam, adamw
+                    if rule == "adam":
+                        g = g + wd * w
+                    else:
+                        w *= 1 - lr * wd
+                    t = state["t"] = state.get("t", 0) + 1
+                    state["m"] = beta1 * state.get("m", torch.zeros_like(w)) + (1 - beta1) * g
+                    state["v"] = beta2 * state.get("v", torch.zeros_like(w)) + (1 - beta2) * g * g
+                    m_hat, v_hat = state["m"] / (1 - beta1 ** t), state["v"] / (1 - beta2 ** t)
+                    w -= lr * m_hat / (v_hat.sqrt() + eps)
+        return loss
+
+
+def torch_equivalent(rule: str, params: Iterable, lr: float, momentum: float = 0.9, alpha: float = 0.99,
+                     betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                     weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """The ``torch.optim`` optimizer that takes the same steps as ``TextbookOptimizer(params, rule, ...)``."""
+    if rule == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    if rule == "momentum":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+    if rule == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, alpha=alpha, eps=eps)
+    if rule == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    if rule == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    raise ValueError(f"rule must be one of {RULES}, got {rule!r}.")
+
 
 #: Coefficients (a, b, c) of the quintic iteration X <- a X + b (X X^T) X + c (X X^T)^2 X that
 #: Muon's authors tuned to push every singular value in (0, 1] into a band around 1 (for a random

@@ -200,3 +200,45 @@ def test_prune_mask_checker():
 
     for wrong in (signed, inverted, lambda w, s: exercises.reference_prune_mask(w, s).float()):
         assert not exercises.check_prune_mask(wrong, verbose=False)
+
+
+@pytest.mark.parametrize("cols, group", [(12, 4), (12, 5), (10, 4), (14, 6), (7, 3), (16, 16)])
+def test_group_wise_scales_cover_their_own_weights(cols, group):
+    torch.manual_seed(0)
+    w = torch.randn(5, cols)
+    w[2, 1] = 40.0  # an outlier: only its own group's scale should grow
+    q, scale = C.quantize_int8(w, group_size=group)
+    assert scale.shape == (5, -(-cols // group))
+    full = C.expand_scale(scale, cols, group)
+    assert ((C.dequantize(q, scale, group) - w).abs() <= full / 2 + 1e-6).all()
+    _, per_row = C.quantize_int8(w)
+    assert (full <= per_row + 1e-7).all() and (full[2, group:] < per_row[2, 0]).all()
+    packed, scale4 = C.quantize_int4(w, group_size=group)
+    back = C.dequantize_int4(packed, scale4, cols, group)
+    assert ((back - w).abs() <= C.expand_scale(scale4, cols, group) / 2 + 1e-6).all()
+    if scale.shape[1] > 1:  # several groups: the group size must be given, never guessed
+        with pytest.raises(ValueError, match="group_size"):
+            C.dequantize(q, scale)
+
+
+def test_a_group_as_wide_as_the_row_is_per_channel_quantization():
+    w = torch.randn(4, 8)
+    for a, b in zip(C.quantize_int8(w, group_size=8), C.quantize_int8(w)):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="group_size"):
+        C.quantize_int8(w, group_size=0)
+
+
+def test_a_group_wise_quantized_gpt_stays_close_and_keeps_its_tied_embedding():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32)).eval()
+    x = torch.randint(50, (2, 16))
+    with torch.no_grad():
+        ref = model(x)[0]
+        errors = {}
+        for group in (None, 8):
+            small = C.quantize_model(model, bits=4, group_size=group)
+            assert isinstance(small.wte, C.QuantizedEmbedding)
+            errors[group] = (small(x)[0] - ref).abs().mean().item()
+    assert errors[8] < errors[None]  # smaller groups, smaller rounding error
+    assert "group_size=8" in repr(C.quantize_model(model, bits=8, group_size=8))

@@ -31,6 +31,36 @@ def test_quantize_int8():
     rejects(ex.check_quantize_int8, lambda w: quantize(w)[0], "tuple (q, scale)")
 
 
+def test_quantize_groups():
+    def mine(w, g):
+        cols = w.shape[1]
+        scales, qs = [], []
+        for start in range(0, cols, g):
+            block = w[:, start:start + g]
+            s = (block.abs().amax(1, keepdim=True) / 127).clamp(min=1e-12)
+            scales.append(s)
+            qs.append(torch.round(block / s).clamp(-127, 127).to(torch.int8))
+        return torch.cat(qs, 1), torch.cat(scales, 1)
+
+    passes(ex.check_quantize_groups, ex.reference_quantize_groups)
+    passes(ex.check_quantize_groups, mine)
+    rejects(ex.check_quantize_groups, lambda w, g: (quantize(w)[0], quantize(w)[1].expand(-1, -(-w.shape[1] // g))),
+            "one scale per row")
+    rejects(ex.check_quantize_groups, lambda w, g: tuple(t.T for t in mine(w.T.contiguous(), g)), "down the columns")
+    rejects(ex.check_quantize_groups, lambda w, g: mine(w, g)[0], "tuple (q, scale)")
+
+
+def test_speculative_residual():
+    def mine(p, q):
+        left = torch.clamp(p - q, min=0)
+        return left / left.sum() if left.sum() > 0 else p
+
+    passes(ex.check_speculative_residual, ex.reference_speculative_residual)
+    passes(ex.check_speculative_residual, mine)
+    rejects(ex.check_speculative_residual, lambda p, q: torch.clamp(p - q, min=0), "not normalised")
+    rejects(ex.check_speculative_residual, lambda p, q: mine(q, p), "max(0, p - q)")
+
+
 def test_prune_mask():
     def mine(w, s):
         k = int(s * w.numel())

@@ -1,8 +1,11 @@
-"""Muon (lmlib.optim): its Newton-Schulz orthogonalisation against an SVD, and its update rule."""
+"""lmlib.optim: the textbook rules against torch.optim; Muon's Newton-Schulz orthogonalisation against an
+SVD, and its update rule."""
+import copy
+
 import pytest
 import torch
 
-from lmlib.optim import CUBIC, QUINTIC, Muon, orthogonalize
+from lmlib.optim import CUBIC, QUINTIC, RULES, Muon, TextbookOptimizer, orthogonalize, torch_equivalent
 
 
 def _matrix(m, n, singular_values, seed=0):
@@ -158,3 +161,36 @@ def test_the_trainer_with_muon_learns_and_resumes_exactly(tmp_path):
     resumed, _ = run(40, tmp_path, resume=True)
     for (name, a), b in zip(whole.raw_model.state_dict().items(), resumed.raw_model.state_dict().values()):
         torch.testing.assert_close(a, b, msg=f"{name} differs after resuming")
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_every_textbook_rule_takes_the_steps_of_torch_optim(rule):
+    torch.manual_seed(0)
+    ours_model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3)).double()
+    theirs_model = copy.deepcopy(ours_model)
+    hyper = dict(lr=0.05, weight_decay=0.1 if rule in ("sgd", "adam", "adamw") else 0.0)
+    ours = TextbookOptimizer(ours_model.parameters(), rule, **hyper)
+    theirs = torch_equivalent(rule, theirs_model.parameters(), **hyper)
+    for _ in range(6):
+        x, y = torch.randn(8, 5, dtype=torch.float64), torch.randn(8, 3, dtype=torch.float64)
+        for model, opt in ((ours_model, ours), (theirs_model, theirs)):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+    for a, b in zip(ours_model.parameters(), theirs_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_adam_bias_correction_makes_the_first_step_lr_sized():
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    opt = TextbookOptimizer([w], "adam", lr=0.1, eps=0.0)
+    w.grad = torch.tensor([1e-3, 50.0], dtype=torch.float64)  # tiny and huge gradients alike
+    opt.step()
+    torch.testing.assert_close(w.detach(), torch.tensor([0.9, -2.1], dtype=torch.float64))  # each moved by lr
+
+
+def test_textbook_optimizer_refuses_unknown_rules():
+    with pytest.raises(ValueError, match="rule"):
+        TextbookOptimizer([torch.nn.Parameter(torch.zeros(2))], "lion", lr=0.1)
+    with pytest.raises(ValueError, match="rule"):
+        torch_equivalent("lion", [torch.nn.Parameter(torch.zeros(2))], lr=0.1)

@@ -82,7 +82,9 @@ check_choice_scores(fn, **options); reference_choice_scores(model, context, endi
 
 Chapter 6, ``ch6_challenges``:
 check_quantize_int8(fn, **options); reference_quantize_int8(weight)
+check_quantize_groups(fn, **options); reference_quantize_groups(weight, group_size)
 check_prune_mask(fn, **options); reference_prune_mask(weight, sparsity)
+check_speculative_residual(fn, **options); reference_speculative_residual(p, q)
 check_gpu_hours(fn, **options); reference_gpu_hours(n_params, n_tokens, peak_flops, mfu)
 check_exposure(fn, **options); reference_exposure(log_perplexities, index)
 check_estimated_exposure(fn, **options); reference_estimated_exposure(canary_log_perplexity, sample_log_perplexities)

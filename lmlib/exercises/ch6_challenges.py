@@ -1,6 +1,7 @@
 """Exercise checkers for chapter 6, Challenges and frontiers.
 
-Notebook 01 (faster and smaller): ``check_quantize_int8``, ``check_prune_mask``; notebook 02 (cost
+Notebook 01 (faster and smaller): ``check_quantize_int8``, ``check_quantize_groups``,
+``check_prune_mask``, ``check_speculative_residual``; notebook 02 (cost
 and energy): ``check_gpu_hours``; notebook 03 (privacy): ``check_exposure``,
 ``check_estimated_exposure``, ``check_plant_canary``; notebook 04 (bias and robustness):
 ``check_swap_words``, ``check_keyboard_typos``; notebook 05 (interpretability):
@@ -22,10 +23,13 @@ from lmlib.cost import gpu_hours, training_flops
 from lmlib.exercises.core import Case, Mistake, Result, check, f64, randint
 from lmlib.interpret import previous_token_scores
 from lmlib.privacy import estimated_exposure, exposure, plant, rank_of
+from lmlib.speculative import residual_distribution
 
 __all__ = [
     "check_quantize_int8", "reference_quantize_int8",
+    "check_quantize_groups", "reference_quantize_groups",
     "check_prune_mask", "reference_prune_mask",
+    "check_speculative_residual", "reference_speculative_residual",
     "check_gpu_hours", "reference_gpu_hours",
     "check_exposure", "reference_exposure",
     "check_estimated_exposure", "reference_estimated_exposure",
@@ -82,6 +86,51 @@ def check_quantize_int8(fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.T
     )
 
 
+def reference_quantize_groups(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return quantize_int8(weight, group_size=group_size)
+
+
+def check_quantize_groups(fn: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]], **options) -> Result:
+    """``fn(weight, group_size) -> (q int8, scale (out, groups))``: int8 with a scale per group of a row."""
+
+    def make_case(gen: torch.Generator) -> Case:
+        out, inp = randint(gen, 1, 8), randint(gen, 1, 40)
+        return torch.randn(out, inp, generator=gen) * float(torch.rand(1, generator=gen) * 3 + 0.1), randint(gen, 1, 12)
+
+    def per_row(w, g):
+        q, scale = quantize_int8(w)
+        return q, scale.expand(-1, -(-w.shape[1] // g))
+
+    def by_columns(w, g):  # groups running down the columns instead of along the rows
+        q, scale = quantize_int8(w.T.contiguous(), group_size=g)
+        return q.T, scale.T
+
+    w = torch.tensor([[0.1, -0.2, 8.0, 0.3, 0.05], [1.0, -1.0, 0.5, 0.25, -0.125]])
+    return check(
+        fn, reference_quantize_groups, make_case,
+        hint="split every row into runs of group_size weights (the last run may be shorter); scale = max|w| of "
+        "the run / 127, and q = round(w / its run's scale) as int8. scale has one column per run.",
+        edge_cases=((w, 2), (w, 5), (w, 1), (w, 3)),
+        mistakes=(
+            Mistake("you used one scale per row; each run of group_size weights of a row gets its own", per_row),
+            Mistake("your groups run down the columns; they run along each row (the input dimension), "
+                    "which is what one output needs together", by_columns),
+        ),
+        prepare=_q_and_groups,
+        parts=("q", "scale"),
+        **options,
+    )
+
+
+def _q_and_groups(out) -> tuple[torch.Tensor, torch.Tensor]:
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise TypeError(f"return a tuple (q, scale), got {type(out).__name__}")
+    q, scale = out
+    if not isinstance(q, torch.Tensor) or not isinstance(scale, torch.Tensor) or scale.dim() != 2:
+        raise TypeError("return q (int8, the weight's shape) and scale as a 2-D tensor (rows, groups)")
+    return q, scale.float()
+
+
 def reference_prune_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     """True where a weight is kept: all but the ``int(sparsity * numel)`` smallest magnitudes."""
     k = int(sparsity * weight.numel())
@@ -115,6 +164,38 @@ def check_prune_mask(fn: Callable[[torch.Tensor, float], torch.Tensor], **option
             Mistake("you ranked the signed weights; magnitude pruning ranks |w|, so a large negative "
                     "weight stays", by_value),
             Mistake("you pruned each row separately; remove the smallest fraction of the whole matrix", per_row),
+        ),
+        **options,
+    )
+
+
+def reference_speculative_residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    return residual_distribution(p, q)
+
+
+def check_speculative_residual(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], **options) -> Result:
+    """``fn(p (V,), q (V,)) -> (V,)``: the distribution a rejected draft token is replaced from."""
+
+    def make_case(gen: torch.Generator) -> Case:
+        v = randint(gen, 2, 12)
+        p = torch.softmax(torch.randn(v, generator=gen, dtype=torch.float64) * 2, 0)
+        q = torch.softmax(torch.randn(v, generator=gen, dtype=torch.float64) * 2, 0)
+        return p, q
+
+    p = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    return check(
+        fn, reference_speculative_residual, make_case,
+        hint="keep what the target p gives beyond the draft q: max(0, p - q) per token, divided by its sum "
+        "so it sums to 1; when p == q nothing is left over, and the answer is p itself.",
+        edge_cases=((p, torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)),
+                    (p, torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)), (p, p.clone())),
+        mistakes=(
+            Mistake("the leftover mass is not normalised: divide max(0, p - q) by its sum",
+                    lambda p, q: (p - q).clamp(min=0)),
+            Mistake("the replacement comes from where the TARGET has more mass than the draft: max(0, p - q), "
+                    "not max(0, q - p)", lambda p, q: residual_distribution(q, p)),
+            Mistake("negative differences must be cut to zero before normalising (max(0, p - q))",
+                    lambda p, q: (p - q).abs() / (p - q).abs().sum()),
         ),
         **options,
     )
