@@ -25,8 +25,9 @@ speculative_generate(target, draft, idx, max_new_tokens, k=4, temperature=1.0, g
     Both models are :class:`lmlib.model.GPT`-like (``model(idx, cache=...)``, ``new_cache()``,
     ``config.block_size``) over the same vocabulary; one prompt (batch 1). The prompt plus
     ``max_new_tokens`` must fit both models' context.
-SpeculativeStats(rounds, drafted, accepted, target_calls, draft_calls, new_tokens)
-    .acceptance_rate (accepted / drafted)  .tokens_per_target_call
+SpeculativeStats(rounds, drafted, accepted, rejected, target_calls, draft_calls, new_tokens)
+    .acceptance_rate (accepted / (accepted + rejected): the share of checked guesses kept; the
+    guesses after a rejection are drafted but never checked)  .tokens_per_target_call
 """
 from __future__ import annotations
 
@@ -44,18 +45,20 @@ __all__ = ["residual_distribution", "accept_or_resample", "speculative_generate"
 
 @dataclass
 class SpeculativeStats:
-    """What a speculative run did: rounds of drafting, tokens drafted and kept, forward passes."""
+    """What a speculative run did: rounds, guesses drafted, kept and rejected, forward passes."""
 
     rounds: int = 0
     drafted: int = 0
     accepted: int = 0
+    rejected: int = 0
     target_calls: int = 0
     draft_calls: int = 0
     new_tokens: int = 0
 
     @property
     def acceptance_rate(self) -> float:
-        return self.accepted / self.drafted if self.drafted else 0.0
+        checked = self.accepted + self.rejected
+        return self.accepted / checked if checked else 0.0
 
     @property
     def tokens_per_target_call(self) -> float:
@@ -154,6 +157,7 @@ def speculative_generate(target, draft, idx: Tensor, max_new_tokens: int, k: int
             stats.rounds += 1
             stats.drafted += n
             stats.accepted += kept
+            stats.rejected += kept < n
             ids = torch.cat([guesses[:, : ids.shape[1] + kept], ids.new_tensor([[emitted]])], dim=1)
             for layer in (*target_cache, *draft_cache):  # the caches keep only tokens that stay
                 layer.truncate(ids.shape[1] - 1)
