@@ -37,6 +37,14 @@ from torch import Tensor
 
 __all__ = ["RULES", "TextbookOptimizer", "torch_equivalent", "orthogonalize", "Muon", "QUINTIC", "CUBIC"]
 
+def _evaluate(closure) -> Tensor | None:
+    """The loss that ``closure`` recomputes with gradients on, as torch's optimizers take it (None without one)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 #: The rules of :class:`TextbookOptimizer`, from the oldest to the one the course trains with.
 RULES = ("sgd", "momentum", "rmsprop", "adam", "adamw")
 
@@ -69,10 +77,7 @@ class TextbookOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         for group in self.param_groups:
             rule, lr, wd = group["rule"], group["lr"], group["weight_decay"]
             (beta1, beta2), eps = group["betas"], group["eps"]
@@ -198,10 +203,7 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         for group in self.param_groups:
             if group["algorithm"] == "adamw":
                 self._adamw_step(group)
