@@ -29,17 +29,13 @@ from common import RESULTS, cpu_name, write_results
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def notebook_seconds(log: str) -> dict[str, float]:
-    """Each page's execution time from the build log: myst-nb's "Executed notebook in X seconds",
-    credited to the page Sphinx was reading when it ran."""
-    times, page = {}, None
-    for line in log.splitlines():
-        reading = re.search(r"reading sources\.\.\. \[\s*\d+%\] (\S+)", line)
-        if reading:
-            page = reading.group(1)
-        executed = re.search(r"Executed notebook in ([\d.]+) seconds", line)
-        if executed and page:
-            times[page] = float(executed.group(1))
+def notebook_seconds(log: str, root: Path = ROOT) -> dict[str, float]:
+    """Each notebook's execution time from the build log (myst-nb's "<path>: Executed notebook in X
+    seconds"), keyed by its path relative to the repository."""
+    times = {}
+    for path, seconds in re.findall(r"(\S+\.ipynb): Executed notebook in ([\d.]+) seconds", log):
+        path = Path(path)
+        times[str(path.relative_to(root) if path.is_absolute() else path)] = float(seconds)
     return times
 
 
@@ -61,11 +57,14 @@ def main() -> None:
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - start
         load_after = os.getloadavg()
+    log_file = Path(tempfile.gettempdir()) / f"book_build_{args.preset}.log"
+    log_file.write_text(done.stdout + "\n" + done.stderr)
     if done.returncode:
-        print(done.stdout[-3000:], done.stderr[-3000:], sep="\n")
-        raise SystemExit(f"the book build failed (exit {done.returncode}); its output is above")
+        print(done.stderr[-3000:])
+        raise SystemExit(f"the book build failed (exit {done.returncode}); the end of its output is above, "
+                         f"all of it in {log_file}")
 
-    pages = notebook_seconds(done.stdout + done.stderr)
+    pages = notebook_seconds(done.stdout + done.stderr)  # the build ran in ROOT, so paths are under it
     times_file = RESULTS / f"{args.preset}_notebook_times.json"
     notebooks = json.loads(times_file.read_text())["total_seconds"] if times_file.is_file() else None
     result = dict(

@@ -157,3 +157,14 @@ def test_notebook_times_records_one_notebook_with_its_budget(tmp_path, mirror):
     assert result["preset"] == "smoke" and list(result["notebooks"]) == [name]
     row = result["notebooks"][name]
     assert row["ok"] and row["seconds"] > 0 and row["budget_minutes"] >= 1
+
+
+def test_book_build_time_reads_each_notebooks_execution_from_the_log():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from book_build_time import notebook_seconds
+
+    log = ("\x1b[01mreading sources... \x1b[39;49;00m[ 18%] \x1b[35mchapters/a/01_x\x1b[39;49;00m\n"
+           f"{ROOT}/chapters/a/01_x.ipynb: Executing notebook using local CWD [mystnb]\n"
+           f"{ROOT}/chapters/a/01_x.ipynb: Executed notebook in 8.83 seconds [mystnb]\n"
+           "chapters/b/02_y.ipynb: Executed notebook in 120.5 seconds [mystnb]\n")
+    assert notebook_seconds(log) == {"chapters/a/01_x.ipynb": 8.83, "chapters/b/02_y.ipynb": 120.5}
