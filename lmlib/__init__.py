@@ -13,9 +13,9 @@ The package is flat, but its modules form three layers (:data:`LAYERS`; a test k
   modules import only core modules.
 - **applications**, one module per chapter topic, built on the core: n-grams and RNNs (chapter
   1), deduplication and published weights (4: GPT-2 from the Hub, llama2.c's Llama),
-  classification, translation, instructions, LoRA and span tasks (5), compression, speculative
-  decoding, cost, privacy, bias audits and interpretability (6). They import the core and each other, never the
-  book plumbing.
+  classification, translation, instructions, LoRA, span tasks and retrieval (5), compression,
+  speculative decoding, cost, privacy and DP-SGD, bias audits and interpretability (6). They
+  import the core and each other, never the book plumbing.
 - **book**, the plumbing of the website and its exercises: glue, plots, widgets, the shared
   training recipes, the chat assistant made from the released course model (``chat``, which loads
   releases through ``recipes``; its conversations, ``dialogue``; its evaluation harness, ``evals``;
@@ -32,7 +32,7 @@ LAYERS = {
     "core": ("presets", "device", "data", "tokenizers", "attention", "model", "generate", "metrics",
              "checkpoint", "optim", "train"),
     "applications": ("ngram", "rnn", "dedup", "corpus", "pretrained", "hub", "llama2c", "classify", "seq2seq",
-                     "instruct", "lora", "spans", "compress", "speculative", "cost", "privacy", "audit", "interpret"),
+                     "instruct", "lora", "spans", "retrieval", "compress", "speculative", "cost", "privacy", "dp", "audit", "interpret"),
     "book": ("book", "plot", "widgets", "recipes", "chat", "dialogue", "evals", "assistant", "exercises"),
 }
 

@@ -415,7 +415,9 @@ class GPT(nn.Module):
                 raise TypeError(f"targets must be a tensor of token ids shaped like idx, got {type(targets).__name__}.")
             if targets.shape != idx.shape:
                 raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}.")
-        if torch.compiler.is_compiling():
+        # Compiled graphs and torch.func transforms (DP-SGD's per-example gradients, chapter 6) cannot
+        # read values; their callers check the batch on the host first.
+        if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(idx):
             if targets is not None and targets.is_floating_point():  # a dtype check costs no device read
                 check_targets(targets, self.config.vocab_size)
             return

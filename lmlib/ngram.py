@@ -287,3 +287,31 @@ class NGramLM:
         for _ in range(length):
             out.append(int(torch.multinomial(self.next_token_probs(out[-(self.n - 1):] if self.n > 1 else []), 1, generator=generator)))
         return out
+
+
+# --- the count table as a model trained by gradient descent (chapter 1, notebook 03) -------------
+
+def bigram_count_matrix(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """``counts[a, b]``: how often token ``b`` follows token ``a`` in ``ids`` (a (V, V) float64 table)."""
+    ids = _check_ids(torch.as_tensor(ids), vocab_size, "ids")
+    counts = torch.zeros(vocab_size, vocab_size, dtype=torch.float64)
+    counts.index_put_((ids[:-1], ids[1:]), torch.ones(len(ids) - 1, dtype=torch.float64), accumulate=True)
+    return counts
+
+
+def count_nll(logits: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """The mean negative log-likelihood (nats) of the counted bigrams under a table of ``logits``
+    (row = previous token, softmax over the row): ``-sum(counts * log_softmax(logits)) / sum(counts)``,
+    the training loss of a bigram model computed from the counts instead of token by token."""
+    if logits.shape != counts.shape or logits.dim() != 2:
+        raise ValueError(f"logits and counts must be one (V, V) shape, got {tuple(logits.shape)} and "
+                         f"{tuple(counts.shape)}.")
+    return -(counts * torch.log_softmax(logits, dim=1)).sum() / counts.sum()
+
+
+def count_nll_gradient(logits: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """The gradient of :func:`count_nll` with respect to ``logits``, by hand:
+    ``(row_total * softmax(logits) - counts) / N``. It is zero exactly where every seen row's
+    softmax equals its counts divided by the row's total: the count model is the minimum."""
+    rows = counts.sum(1, keepdim=True)
+    return (rows * torch.softmax(logits, dim=1) - counts) / counts.sum()

@@ -35,7 +35,7 @@ Span extraction
     GPTSpanExtractor(gpt, pad_id, sep_id, dropout=0.0): forward(x, targets (B, 2)) -> (logits (B, T, 2), loss)
     span_batches(features, batch_size, pad_id) -> batch_fn   over the features that hold their answer
     best_span(start_logits, end_logits, max_answer_tokens) -> (start, end, score)
-    predict_answers(model, features, contexts, ...) -> {question id: answer text}
+    predict_answers(model, features, contexts, ..., with_scores=False) -> {question id: answer text (, score)}
 """
 from __future__ import annotations
 
@@ -524,7 +524,8 @@ def qa_features(tokenizer, example: SquadExample, sep_id: int, max_len: int, max
     if the question is before it. A context longer than ``max_len - len(question) - 1`` tokens is
     cut into overlapping windows that start every ``stride`` tokens (default: half a window; the
     last window reaches the end; see :func:`context_windows`).
-    The first gold answer gives the target of each window that contains it.
+    The first gold answer gives the target of each window that contains it; an example without
+    answers (a retrieved paragraph at prediction time) gives windows without targets.
     """
     q = tokenizer.encode_list(example.question)[:max_question]
     room = max_len - len(q) - 1
@@ -533,8 +534,10 @@ def qa_features(tokenizer, example: SquadExample, sep_id: int, max_len: int, max
         raise ValueError(f"max_len={max_len} leaves {room} context tokens after the question; need >= 8 and "
                          f"1 <= stride <= {room}. Raise max_len or lower max_question.")
     ctx_ids, offsets = token_offsets(tokenizer, example.context)
-    start_char = example.answer_starts[0]
-    answer = char_span_to_tokens(offsets, start_char, start_char + len(example.answers[0]))
+    answer = None
+    if example.answers:
+        start_char = example.answer_starts[0]
+        answer = char_span_to_tokens(offsets, start_char, start_char + len(example.answers[0]))
     if not ctx_ids:
         raise ValueError(f"question {example.id!r} has an empty context.")
     out = []
@@ -609,8 +612,10 @@ def best_span(start_logits: Tensor, end_logits: Tensor, max_answer_tokens: int =
 
 @torch.no_grad()
 def predict_answers(model: GPTSpanExtractor, features: Sequence[QAFeature], contexts: dict[str, str],
-                    batch_size: int = 64, max_answer_tokens: int = 30) -> dict[str, str]:
-    """The best-scoring answer text for each question, over all windows of its context."""
+                    batch_size: int = 64, max_answer_tokens: int = 30,
+                    with_scores: bool = False) -> dict[str, str] | dict[str, tuple[str, float]]:
+    """The best-scoring answer text for each question, over all windows of its context;
+    ``with_scores`` gives ``(text, score)`` pairs, the score being the span's start + end logit."""
     with eval_mode(model):
         device = model_device(model)
         best: dict[str, tuple[float, str]] = {}
@@ -624,4 +629,4 @@ def predict_answers(model: GPTSpanExtractor, features: Sequence[QAFeature], cont
                 if f.example_id not in best or score > best[f.example_id][0]:
                     text = contexts[f.example_id][f.offsets[s][0]:f.offsets[e][1]].strip()
                     best[f.example_id] = (score, text)
-    return {qid: text for qid, (_, text) in best.items()}
+    return {qid: (text, score) if with_scores else text for qid, (score, text) in best.items()}

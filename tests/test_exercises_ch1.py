@@ -142,3 +142,21 @@ def test_doubling_time():
     rejects(ex.check_doubling_time,
             lambda years, params: float((years[-1] - years[0]) / torch.log2(params[-1] / params[0])),
             "first and the last")
+
+
+def test_bigram_logit_gradient():
+    def mine(logits, counts):
+        probs = torch.exp(logits - logits.logsumexp(1, keepdim=True))
+        return (counts.sum(1, keepdim=True) * probs - counts) / counts.sum()
+
+    def by_autograd(logits, counts):
+        z = logits.clone().requires_grad_(True)
+        (-(counts * torch.log_softmax(z, 1)).sum() / counts.sum()).backward()
+        return z.grad
+
+    passes(ex.check_bigram_logit_gradient, ex.reference_bigram_logit_gradient)
+    passes(ex.check_bigram_logit_gradient, mine)
+    passes(ex.check_bigram_logit_gradient, by_autograd)
+    rejects(ex.check_bigram_logit_gradient, lambda z, c: mine(z, c) * c.sum(), "divide by N")
+    rejects(ex.check_bigram_logit_gradient, lambda z, c: (torch.softmax(z, 1) - c) / c.sum(), "row's total")
+    rejects(ex.check_bigram_logit_gradient, lambda z, c: -mine(z, c), "sign")

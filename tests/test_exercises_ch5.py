@@ -234,6 +234,31 @@ def test_context_windows():
     rejects(ex.check_context_windows, lambda n, room, stride: [(0, n)], "expected 2 items, got 1")  # room ignored
 
 
+def test_bm25_scores():
+    def mine(query, documents, k1, b, idf=lambda ratio: math.log(1 + ratio), length=True, saturate=True):
+        avgdl = sum(map(len, documents)) / len(documents)
+        scores = []
+        for doc in documents:
+            counts = Counter(doc)
+            total = 0.0
+            for term in query:
+                n = sum(term in d for d in documents)
+                tf = counts[term]
+                norm = k1 * (1 - b + b * len(doc) / avgdl) if length else k1
+                total += idf((len(documents) - n + 0.5) / (n + 0.5)) * (tf / (tf + norm) if saturate else tf)
+            scores.append(total)
+        return scores
+
+    passes(ex.check_bm25_scores, ex.reference_bm25_scores)
+    passes(ex.check_bm25_scores, mine)
+    passes(ex.check_bm25_scores, lambda *args: torch.tensor(mine(*args)))
+    rejects(ex.check_bm25_scores, lambda *args: mine(*args, idf=math.log), "without the 1 +")
+    rejects(ex.check_bm25_scores, lambda *args: mine(*args, saturate=False), "not saturated")
+    rejects(ex.check_bm25_scores, lambda *args: mine(*args, length=False), "document length")
+    rejects(ex.check_bm25_scores, lambda query, documents, k1, b: mine(query, documents, k1, b)[:-1],
+            "expected")
+
+
 # --- notebook 05: the assistant -----------------------------------------------------------------
 
 def test_the_reference_assistant_mask_is_chat_example():

@@ -138,6 +138,24 @@ def test_plant_canary():
     rejects(ex.check_plant_canary, lambda docs, text, k: "\n\n".join(docs), "list of strings")
 
 
+def test_dp_gradient():
+    def mine(grads, max_norm, sigma, expected_batch, noise):
+        total = torch.zeros(grads.shape[1], dtype=grads.dtype)
+        for g in grads:
+            total += g * min(1.0, max_norm / max(float(g.norm()), 1e-12))
+        return (total + sigma * max_norm * noise) / expected_batch
+
+    def per_coordinate(grads, max_norm, sigma, expected_batch, noise):
+        return (grads.clamp(-max_norm, max_norm).sum(0) + sigma * max_norm * noise) / expected_batch
+
+    passes(ex.check_dp_gradient, ex.reference_dp_gradient)
+    passes(ex.check_dp_gradient, mine)
+    rejects(ex.check_dp_gradient, per_coordinate, "each coordinate")
+    rejects(ex.check_dp_gradient, lambda g, c, s, e, z: mine(g, c, s, len(g), z), "batch's own size")
+    rejects(ex.check_dp_gradient, lambda g, c, s, e, z: mine(g, c, s, e, z / c), "noise_multiplier * max_norm")
+    rejects(ex.check_dp_gradient, lambda g, c, s, e, z: mine(g.sum(0, keepdim=True), c, s, e, z), "clipped the sum")
+
+
 # --- notebook 04: bias and robustness -----------------------------------------------------------
 
 def test_swap_words():

@@ -188,3 +188,24 @@ def test_wikitext2_validation_and_test_words_are_all_in_the_training_vocabulary(
     assert len(vocab) == 33_278
     for split in ("valid", "test"):
         vocab.encode(ngram.wikitext_words(split), unknown="error")  # raises on any new word
+
+
+def test_bigram_count_matrix_and_the_count_nll_gradient():
+    ids = torch.tensor([0, 1, 0, 1, 2, 0, 1, 1])
+    counts = ngram.bigram_count_matrix(ids, 4)
+    assert counts[0, 1] == 3 and counts[1, 0] == 1 and counts[1, 1] == 1 and counts[3].sum() == 0
+    assert counts.sum() == len(ids) - 1
+    logits = torch.randn(4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    ngram.count_nll(logits, counts).backward()
+    torch.testing.assert_close(ngram.count_nll_gradient(logits.detach(), counts), logits.grad)
+    # the loss equals the token-by-token cross-entropy
+    torch.testing.assert_close(ngram.count_nll(logits.detach(), counts),
+                               torch.nn.functional.cross_entropy(logits.detach()[ids[:-1]], ids[1:]))
+    # the count model is a minimum: the gradient vanishes at log(counts / row total) on the seen rows
+    seen = counts.sum(1) > 0
+    at_counts = torch.where(seen[:, None], torch.log(counts / counts.sum(1, keepdim=True).clamp(min=1)), 0.0)
+    assert ngram.count_nll_gradient(at_counts, counts)[seen].abs().max() < 1e-12
+    with pytest.raises(ValueError, match="outside"):
+        ngram.bigram_count_matrix(torch.tensor([0, 5]), 4)
+    with pytest.raises(ValueError, match="one \\(V, V\\) shape"):
+        ngram.count_nll(torch.zeros(3, 3), counts)

@@ -2,7 +2,8 @@
 
 Notebook 01 (language models): ``check_perplexity``, ``check_bigram_probs``; notebook 02 (n-gram
 models): ``check_ngram_counts``, ``check_continuation_counts``, ``check_kneser_ney_bigram``;
-notebook 03 (neural language models): ``check_perplexity_from_logits``,
+notebook 03 (neural language models): ``check_bigram_logit_gradient`` (the count model as a
+minimum), ``check_perplexity_from_logits``,
 ``check_lstm_parameter_count``; notebook 04 (timeline): ``check_doubling_time``.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from lmlib.exercises.core import Case, Mistake, Result, check, randint
 from lmlib.metrics import perplexity, perplexity_from_logits
 from lmlib.model import num_params
-from lmlib.ngram import NGramCounts, NGramLM
+from lmlib.ngram import NGramCounts, NGramLM, bigram_count_matrix, count_nll_gradient
 from lmlib.rnn import RNNLM
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "check_ngram_counts", "reference_ngram_counts",
     "check_continuation_counts", "reference_continuation_counts",
     "check_kneser_ney_bigram", "reference_kneser_ney_bigram",
+    "check_bigram_logit_gradient", "reference_bigram_logit_gradient",
     "check_perplexity_from_logits", "reference_perplexity_from_logits",
     "check_lstm_parameter_count", "reference_lstm_parameter_count",
     "check_doubling_time", "reference_doubling_time",
@@ -70,12 +72,6 @@ def reference_bigram_probs(ids: torch.Tensor, vocab_size: int, k: float) -> torc
     return torch.stack([model.next_token_probs([a]) for a in range(vocab_size)])
 
 
-def _bigram_counts(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    counts = torch.zeros(vocab_size, vocab_size, dtype=torch.float64)
-    counts.index_put_((ids[:-1], ids[1:]), torch.ones(len(ids) - 1, dtype=torch.float64), accumulate=True)
-    return counts
-
-
 def check_bigram_probs(fn: Callable[[torch.Tensor, int, float], torch.Tensor], **options) -> Result:
     """``fn(ids, vocab_size, k) -> (V, V)`` add-k smoothed bigram table, row = previous token."""
 
@@ -85,7 +81,7 @@ def check_bigram_probs(fn: Callable[[torch.Tensor, int, float], torch.Tensor], *
         return ids, vocab, float(torch.rand(1, generator=gen)) + 0.1
 
     def seen_only(ids, v, k):
-        counts = _bigram_counts(ids, v)
+        counts = bigram_count_matrix(ids, v)
         counts[counts > 0] += k
         return counts / counts.sum(1, keepdim=True).clamp(min=1e-300)
 
@@ -99,7 +95,7 @@ def check_bigram_probs(fn: Callable[[torch.Tensor, int, float], torch.Tensor], *
                     "to the pairs never seen (that is the point of smoothing)", seen_only),
             Mistake("you added k after normalising; add k to the counts, then divide each row by its "
                     "new sum", lambda ids, v, k: (lambda c: c / c.sum(1, keepdim=True).clamp(min=1) + k)(
-                        _bigram_counts(ids, v))),
+                        bigram_count_matrix(ids, v))),
         ),
         **options,
     )
@@ -175,7 +171,7 @@ def reference_kneser_ney_bigram(ids: torch.Tensor, vocab_size: int, discount: fl
 
 
 def _kn_with_lower_order(ids: torch.Tensor, V: int, D: float, p1: torch.Tensor, unseen_rows: str = "p1"):
-    counts = _bigram_counts(ids, V)
+    counts = bigram_count_matrix(ids, V)
     den = counts.sum(1, keepdim=True)
     types = (counts > 0).sum(1, keepdim=True)
     table = (counts - D).clamp(min=0) / den + D * types / den * p1
@@ -185,7 +181,7 @@ def _kn_with_lower_order(ids: torch.Tensor, V: int, D: float, p1: torch.Tensor, 
 
 
 def _kn_p1(ids: torch.Tensor, V: int, D: float) -> torch.Tensor:
-    cont = (_bigram_counts(ids, V) > 0).sum(0).double()
+    cont = (bigram_count_matrix(ids, V) > 0).sum(0).double()
     return (cont - D).clamp(min=0) / cont.sum() + D * (cont > 0).sum() / cont.sum() / V
 
 
@@ -222,6 +218,44 @@ def check_kneser_ney_bigram(fn: Callable[[torch.Tensor, int, float], torch.Tenso
 
 
 # --- notebook 03 --------------------------------------------------------------------------------
+
+def reference_bigram_logit_gradient(logits: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    return count_nll_gradient(logits, counts)
+
+
+def check_bigram_logit_gradient(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], **options) -> Result:
+    """``fn(logits (V, V), counts (V, V)) -> (V, V)``: the gradient of the mean count-weighted NLL."""
+
+    def make_case(gen: torch.Generator) -> Case:
+        v = randint(gen, 2, 8)
+        counts = torch.randint(0, 6, (v, v), generator=gen).double()
+        counts[randint(gen, 0, v)] = 0.0  # a token never followed by anything
+        counts[0, 0] += 1  # at least one pair
+        return torch.randn(v, v, generator=gen, dtype=torch.float64), counts
+
+    def unnormalised(logits, counts):
+        return counts.sum(1, keepdim=True) * torch.softmax(logits, 1) - counts
+
+    return check(
+        fn, reference_bigram_logit_gradient, make_case,
+        hint="loss = -sum(counts * log_softmax(logits, rows)) / N; the derivative of log_softmax(z)_b with "
+        "respect to z_c is [b == c] - softmax(z)_c, so the gradient of row a is (total_a * softmax(row a) - "
+        "counts[a]) / N, with total_a the row's count and N all the counts.",
+        edge_cases=((torch.zeros(2, 2, dtype=torch.float64), torch.tensor([[1.0, 3.0], [0.0, 0.0]], dtype=torch.float64)),
+                    (torch.log(torch.tensor([[0.25, 0.75], [0.5, 0.5]], dtype=torch.float64)),
+                     torch.tensor([[1.0, 3.0], [2.0, 2.0]], dtype=torch.float64))),
+        mistakes=(
+            Mistake("you did not divide by N, the total number of counted pairs: the loss is a mean",
+                    unnormalised),
+            Mistake("the softmax term must be weighted by each row's total count (how often the previous "
+                    "token occurs), not added once per row",
+                    lambda logits, counts: (torch.softmax(logits, 1) - counts) / counts.sum()),
+            Mistake("the sign is flipped: the gradient of a loss points uphill, (total * softmax - counts) / N",
+                    lambda logits, counts: -count_nll_gradient(logits, counts)),
+        ),
+        **options,
+    )
+
 
 def reference_perplexity_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> float:
     return perplexity_from_logits(logits, targets)

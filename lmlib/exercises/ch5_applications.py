@@ -5,12 +5,13 @@ notebook 02 (translation): ``check_modified_precision``, ``check_corpus_bleu`` (
 with sacrebleu's numbers as the reference), ``check_decoder_example`` (a translator's training
 pair); notebook 03 (instruction tuning): ``check_sft_targets``,
 ``check_lora_forward``; notebook 04 (token tasks): ``check_bio_to_spans``, ``check_squad_f1``,
-``check_align_labels``, ``check_context_windows``; notebook 05 (the assistant): ``check_assistant_mask`` (the loss mask of a
+``check_align_labels``, ``check_context_windows``, ``check_bm25_scores`` (BM25 from its formula); notebook 05 (the assistant): ``check_assistant_mask`` (the loss mask of a
 multi-turn chat), ``check_dpo_loss`` (DPO's loss from log-probabilities), ``check_choice_scores``
 (the multiple-choice scorer).
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 
@@ -23,6 +24,7 @@ from lmlib.exercises.core import Case, Mistake, Result, check, f64, randint
 from lmlib.instruct import dpo_loss, sft_targets
 from lmlib.lora import lora_forward
 from lmlib.model import GPT, GPTConfig
+from lmlib.retrieval import BM25
 from lmlib.seq2seq import decoder_example
 from lmlib.spans import align_labels, bio_to_spans, context_windows, normalize_answer, token_f1
 
@@ -38,6 +40,7 @@ __all__ = [
     "check_squad_f1", "reference_squad_f1",
     "check_align_labels", "reference_align_labels",
     "check_context_windows", "reference_context_windows",
+    "check_bm25_scores", "reference_bm25_scores",
     "check_assistant_mask", "reference_assistant_mask",
     "check_dpo_loss", "reference_dpo_loss",
     "check_choice_scores", "reference_choice_scores",
@@ -532,6 +535,59 @@ def check_context_windows(fn: Callable[[int, int, int], list[tuple[int, int]]], 
                     "n_tokens, or the last windows only repeat the end of the one before",
                     one_window_too_many),
         ),
+        **options,
+    )
+
+
+def reference_bm25_scores(query: list[str], documents: list[list[str]], k1: float, b: float) -> list[float]:
+    """:meth:`lmlib.retrieval.BM25.scores` as a list: one BM25 score per document."""
+    return BM25(documents, k1, b).scores(query).tolist()
+
+
+def _bm25_variant(query, documents, k1, b, idf_plus_one=True, saturate=True, length=True):
+    n_docs, avgdl = len(documents), sum(len(d) for d in documents) / len(documents)
+    out = []
+    for d in documents:
+        score = 0.0
+        for t in query:
+            tf, n = d.count(t), sum(t in e for e in documents)
+            ratio = (n_docs - n + 0.5) / (n + 0.5)
+            idf = math.log(1 + ratio) if idf_plus_one else math.log(ratio)
+            norm = k1 * (1 - b + b * len(d) / avgdl) if length else k1
+            score += idf * (tf / (tf + norm) if saturate else tf) if tf else 0.0
+        out.append(score)
+    return out
+
+
+def check_bm25_scores(fn: Callable[[list[str], list[list[str]], float, float], list[float]], **options) -> Result:
+    """``fn(query, documents, k1, b) -> [score per document]``: BM25 with Lucene's idf (chapter 5)."""
+    vocab = ["cat", "dog", "sat", "mat", "the", "a", "on", "ran", "fox", "red"]
+
+    def make_case(gen: torch.Generator) -> Case:
+        documents = [[vocab[randint(gen, 0, len(vocab))] for _ in range(randint(gen, 1, 12))]
+                     for _ in range(randint(gen, 2, 8))]
+        query = list(dict.fromkeys(vocab[randint(gen, 0, len(vocab))] for _ in range(randint(gen, 1, 4))))
+        return query, documents, float(randint(gen, 5, 21)) / 10, float(randint(gen, 0, 5)) / 4
+
+    return check(
+        fn, reference_bm25_scores, make_case,
+        prepare=lambda scores: f64([float(x) for x in scores]),
+        hint="for each document and each query term: tf = its count in the document, n = how many documents "
+        "hold it, idf = log(1 + (N - n + 0.5) / (n + 0.5)), and add idf * tf / (tf + k1 * (1 - b + b * len(doc) "
+        "/ avgdl)); a term the document lacks adds 0.",
+        edge_cases=((["cat"], [["cat", "sat"], ["dog"], ["cat", "cat", "cat", "on", "the", "mat"]], 1.5, 0.75),
+                    (["the", "cat"], [["the", "cat"], ["the", "dog"], ["the", "fox"]], 1.2, 0.75),
+                    (["fox"], [["a"], ["the"]], 1.5, 0.75)),
+        mistakes=(
+            Mistake("your idf is log((N - n + 0.5) / (n + 0.5)) without the 1 +: a term in most documents gets a "
+                    "negative weight and lowers the score of the documents that hold it",
+                    lambda q, d, k1, b: _bm25_variant(q, d, k1, b, idf_plus_one=False)),
+            Mistake("the term count is not saturated: use tf / (tf + k1 * (...)), so that repeating a word "
+                    "adds less and less", lambda q, d, k1, b: _bm25_variant(q, d, k1, b, saturate=False)),
+            Mistake("document length plays no part: k1 is multiplied by 1 - b + b * len(doc) / avgdl",
+                    lambda q, d, k1, b: _bm25_variant(q, d, k1, b, length=False)),
+        ),
+        trials=20,
         **options,
     )
 

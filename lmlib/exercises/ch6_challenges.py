@@ -3,7 +3,7 @@
 Notebook 01 (faster and smaller): ``check_quantize_int8``, ``check_quantize_groups``,
 ``check_prune_mask``, ``check_speculative_residual``; notebook 02 (cost
 and energy): ``check_gpu_hours``; notebook 03 (privacy): ``check_exposure``,
-``check_estimated_exposure``, ``check_plant_canary``; notebook 04 (bias and robustness):
+``check_estimated_exposure``, ``check_plant_canary``, ``check_dp_gradient`` (DP-SGD's noisy gradient); notebook 04 (bias and robustness):
 ``check_swap_words``, ``check_keyboard_typos``; notebook 05 (interpretability):
 ``check_logit_lens_layer``, ``check_previous_token_score``, ``check_ridge_probe_accuracy``.
 """
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from lmlib.audit import KEYBOARD_NEIGHBOURS, swap_map, swap_words, typos
 from lmlib.compress import quantize_int8
 from lmlib.cost import gpu_hours, training_flops
+from lmlib.dp import clip_and_sum
 from lmlib.exercises.core import Case, Mistake, Result, check, f64, randint
 from lmlib.interpret import previous_token_scores
 from lmlib.privacy import estimated_exposure, exposure, plant, rank_of
@@ -34,6 +35,7 @@ __all__ = [
     "check_exposure", "reference_exposure",
     "check_estimated_exposure", "reference_estimated_exposure",
     "check_plant_canary", "reference_plant_canary",
+    "check_dp_gradient", "reference_dp_gradient",
     "check_swap_words", "reference_swap_words",
     "check_keyboard_typos", "reference_keyboard_typos",
     "check_logit_lens_layer", "reference_logit_lens_layer",
@@ -339,6 +341,52 @@ _PAIRS = [("he", "she"), ("his", "hers"), ("man", "woman"), ("son", "daughter"),
 _DECOYS = ["the", "shell", "hero", "sherry", "manner", "woman's", "kingdom", "boyish", "johnson", "sons",
            "person", "amazing", "she'd", "boys", "hiss"]
 _FILLERS = ["a", "told", "went", "home", "and", "very", "kind", "to", "with", "today"]
+
+
+def reference_dp_gradient(grads: torch.Tensor, max_norm: float, noise_multiplier: float, expected_batch: float,
+                          noise: torch.Tensor) -> torch.Tensor:
+    """DP-SGD's gradient from per-example gradients ``grads`` (B, D) and a standard normal draw
+    ``noise`` (D,): ``(sum of the clipped rows + noise_multiplier * max_norm * noise) / expected_batch``."""
+    total = clip_and_sum({"g": grads}, max_norm)[0]["g"]
+    return (total + noise_multiplier * max_norm * noise) / expected_batch
+
+
+def check_dp_gradient(fn: Callable[[torch.Tensor, float, float, float, torch.Tensor], torch.Tensor],
+                      **options) -> Result:
+    """``fn(grads (B, D), max_norm, noise_multiplier, expected_batch, noise (D,)) -> (D,)``: DP-SGD's step."""
+
+    def make_case(gen: torch.Generator) -> Case:
+        b, d = randint(gen, 1, 9), randint(gen, 1, 7)
+        grads = torch.randn(b, d, generator=gen, dtype=torch.float64) * float(randint(gen, 1, 4))
+        return (grads, float(randint(gen, 1, 5)) / 2, float(randint(gen, 0, 5)) / 2, float(randint(gen, 1, 12)),
+                torch.randn(d, generator=gen, dtype=torch.float64))
+
+    def rows_clipped(grads, max_norm):
+        return grads * (max_norm / grads.norm(dim=1, keepdim=True).clamp(min=1e-12)).clamp(max=1.0)
+
+    return check(
+        fn, reference_dp_gradient, make_case,
+        hint="scale each row g_i by min(1, max_norm / ||g_i||) (the norm of the whole row), sum the rows, add "
+        "noise_multiplier * max_norm * noise, and divide by expected_batch.",
+        edge_cases=((f64([[3.0, 4.0], [0.3, 0.4]]), 1.0, 0.0, 2.0, f64([0.0, 0.0])),
+                    (f64([[3.0, 4.0], [0.3, 0.4]]), 1.0, 1.0, 4.0, f64([1.0, -2.0])),
+                    (f64([[6.0, 8.0]]), 2.0, 0.5, 3.0, f64([0.5, 0.5]))),
+        mistakes=(
+            Mistake("you clipped each coordinate (clamp to [-C, C]); DP-SGD scales each example's whole gradient "
+                    "so that its norm is at most C",
+                    lambda g, c, s, e, z: (g.clamp(-c, c).sum(0) + s * c * z) / e),
+            Mistake("you clipped the sum (or the mean) of the gradients; clip every example's gradient first, "
+                    "so that no single example moves the model by more than C",
+                    lambda g, c, s, e, z: (rows_clipped(g.sum(0, keepdim=True), c)[0] + s * c * z) / e),
+            Mistake("you divided by the batch's own size; divide by the expected batch size, which does not "
+                    "depend on who is in the batch",
+                    lambda g, c, s, e, z: (rows_clipped(g, c).sum(0) + s * c * z) / len(g)),
+            Mistake("the noise's standard deviation is noise_multiplier * max_norm, not noise_multiplier alone",
+                    lambda g, c, s, e, z: (rows_clipped(g, c).sum(0) + s * z) / e),
+        ),
+        trials=10,
+        **options,
+    )
 
 
 def reference_swap_words(text: str, pairs: list[tuple[str, str]]) -> str:
