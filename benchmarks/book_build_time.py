@@ -9,7 +9,10 @@ beside the sum of the notebooks' own times from ``results/<preset>_notebook_time
     LMLIB_DATA=<mirror> .venv/bin/python benchmarks/book_build_time.py        # cpu preset, ~30 min
 
 Results: ``benchmarks/results/<preset>_book_build.json`` and stdout. Run it on a quiet machine:
-any other work on the two cores slows every training step of every notebook.
+any other work on the two cores slows every training step of every notebook. The speed of a
+shared machine also drifts by tens of percent over a day, so the script times the plain training
+loop of ``train_char_gpt.py`` (30 steps of the ``cpu`` character GPT) before and after the build:
+the same probe, in the same units, as that benchmark's plain-loop row in ``RESULTS.md``.
 """
 from __future__ import annotations
 
@@ -24,7 +27,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
+
 from common import RESULTS, cpu_name, write_results
+from train_char_gpt import load_tokens, plain_loop
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,6 +43,13 @@ def notebook_seconds(log: str, root: Path = ROOT) -> dict[str, float]:
         path = Path(path)
         times[str(path.relative_to(root) if path.is_absolute() else path)] = float(seconds)
     return times
+
+
+def host_speed() -> float:
+    """Tokens per second of 30 plain training steps of the ``cpu`` character GPT: how fast this
+    machine is right now, comparable with ``train_char_gpt.py``'s plain-loop figure."""
+    train, _, vocab = load_tokens()
+    return plain_loop(train, vocab, 30, torch.device("cpu"))[0]
 
 
 def main() -> None:
@@ -52,11 +65,11 @@ def main() -> None:
         if not args.keep_cache:
             env["LMLIB_CACHE"] = str(Path(tmp) / "cache")
         command = [str(jupyter_book), "build", ".", "-W", "--keep-going", "--path-output", str(Path(tmp) / "out")]
-        load_before = os.getloadavg()
+        load_before, speed_before = os.getloadavg(), host_speed()
         start = time.perf_counter()
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - start
-        load_after = os.getloadavg()
+        load_after, speed_after = os.getloadavg(), host_speed()
     log_file = Path(tempfile.gettempdir()) / f"book_build_{args.preset}.log"
     log_file.write_text(done.stdout + "\n" + done.stderr)
     if done.returncode:
@@ -73,13 +86,15 @@ def main() -> None:
         notebook_seconds_from_times_file=notebooks, fresh_cache=not args.keep_cache,
         executed_seconds=sum(pages.values()), pages=pages,
         load_average=dict(before=load_before, after=load_after),
+        host_tokens_per_s=dict(before=speed_before, after=speed_after),
         command="LMLIB_DATA=<mirror> .venv/bin/python benchmarks/book_build_time.py"
                 + (f" --preset {args.preset}" if args.preset != "cpu" else ""),
     )
     print(f"make book at {args.preset}: {seconds / 60:.1f} min, {seconds / 60 / args.goal_minutes:.2f}x the "
           f"{args.goal_minutes:.0f}-minute goal"
           + (f"; executing the notebooks took {sum(pages.values()) / 60:.1f} min of it" if pages else "")
-          + (f"; {times_file.name} sums them to {notebooks / 60:.1f} min" if notebooks else ""))
+          + (f"; {times_file.name} sums them to {notebooks / 60:.1f} min" if notebooks else "")
+          + f"; host probe {speed_before:,.0f} tokens/s before, {speed_after:,.0f} after")
     write_results(result, RESULTS / f"{args.preset}_book_build.json")
 
 

@@ -25,6 +25,7 @@ preference_accuracy(model, pairs, pad_id, batch_size=32) -> float   pairs from l
 dpo_diagnostics(policy, reference, pairs, pad_id, beta=0.1) -> {"loss", "margin", "reward_accuracy"}
 template_adherence(model, tok, prompts, max_new_tokens=64, temperature=0.7, seed=0) -> float
 exact_match(model, tok, problems, max_new_tokens=160, tools=True) -> float
+exact_match_pair(model, tok, problems, max_new_tokens=160) -> (without tools, with tools)
 choice_logprobs(model, context, endings, per_token=True) -> (n,)   token ids in, one score per ending
 multiple_choice_accuracy(model, tok, items, per_token=True) -> float   items {"context", "endings", "label"}
 cloze_items(documents, n_items, n_choices=4, seed=0) -> list[dict]   sentence endings, distractors from other documents
@@ -57,7 +58,7 @@ Tensor = torch.Tensor
 Pair = tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 __all__ = [
-    "preference_logprobs", "preference_accuracy", "dpo_diagnostics", "template_adherence", "exact_match",
+    "preference_logprobs", "preference_accuracy", "dpo_diagnostics", "template_adherence", "exact_match", "exact_match_pair",
     "choice_logprobs", "multiple_choice_accuracy", "cloze_items", "EvalSet", "evaluate", "COLUMNS",
     "markdown_table",
 ]
@@ -129,6 +130,24 @@ def exact_match(model: nn.Module, tok: ByteBPE, problems: Sequence[Conversation]
         text = reply(model, tok, p["messages"][:1], max_new_tokens, temperature=0, tools=tools)
         right += final_answer(text) == p["answer"]
     return right / len(problems)
+
+
+def exact_match_pair(model: nn.Module, tok: ByteBPE, problems: Sequence[Conversation],
+                     max_new_tokens: int = 160) -> tuple[float, float]:
+    """:func:`exact_match` without and with the calculator, with less generation: greedy decoding
+    takes the same path either way until the model first opens a call (``<<``), so a reply that
+    never does is the reply without the tool too, and is generated once."""
+    if not problems:
+        raise ValueError("exact_match needs at least one problem.")
+    right = [0, 0]
+    for p in problems:
+        prompt = p["messages"][:1]
+        with_tool = reply(model, tok, prompt, max_new_tokens, temperature=0, tools=True)
+        same = "<<" not in with_tool and not any("<<" in m["content"] for m in prompt)
+        without = with_tool if same else reply(model, tok, prompt, max_new_tokens, temperature=0, tools=False)
+        right[0] += final_answer(without) == p["answer"]
+        right[1] += final_answer(with_tool) == p["answer"]
+    return right[0] / len(problems), right[1] / len(problems)
 
 
 # --- multiple choice ------------------------------------------------------------------------------
@@ -279,13 +298,15 @@ def evaluate(name: str, model: nn.Module, tok: ByteBPE, evalset: EvalSet, progre
         ("preference", lambda: preference_accuracy(model, ready["pairs"], pad)),
         ("adherence", lambda: template_adherence(model, tok, prompts, evalset.reply_tokens,
                                                  evalset.reply_temperature)),
-        ("gsm8k", lambda: exact_match(model, tok, evalset.problems, evalset.answer_tokens, tools=False)),
-        ("gsm8k_tool", lambda: exact_match(model, tok, evalset.problems, evalset.answer_tokens, tools=True)),
+        (("gsm8k", "gsm8k_tool"), lambda: exact_match_pair(model, tok, evalset.problems, evalset.answer_tokens)),
         ("choice", lambda: multiple_choice_accuracy(model, tok, evalset.choices)),
     ]
     row: dict = {"model": name}
     for key, measure in tqdm(steps, desc=f"evaluating {name}", disable=not progress):
-        row[key] = measure()
+        if isinstance(key, tuple):
+            row.update(zip(key, measure()))
+        else:
+            row[key] = measure()
     row["counts"] = dict(conversations=len(ready["examples"]), pairs=len(ready["pairs"]), prompts=len(prompts),
                          problems=len(evalset.problems), choices=len(evalset.choices),
                          n_choices=len(evalset.choices[0]["endings"]) if evalset.choices else 0)

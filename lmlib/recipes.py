@@ -133,8 +133,8 @@ _COURSE_MODEL = dict(n_layer=3, n_head=3, n_embd=192, block_size=256, dropout=0.
 COURSE_GPT = {
     "smoke": dict(n_files=2, n_val=20, vocab_size=512, seed=0, n_layer=2, n_head=2, n_embd=32, block_size=64,
                   dropout=0.0, batch=8, steps=30, lr=3e-3, min_lr=3e-4, warmup=5, eval_every=15, **_SCHEDULE),
-    "cpu": dict(n_files=64, n_val=500, **_COURSE_DATA, **_COURSE_MODEL, batch=16, steps=100, lr=2e-3, min_lr=2e-4,
-                warmup=10, eval_every=50, **_SCHEDULE),
+    "cpu": dict(n_files=64, n_val=500, **_COURSE_DATA, **_COURSE_MODEL, batch=16, steps=50, lr=2e-3, min_lr=2e-4,
+                warmup=5, eval_every=25, **_SCHEDULE),
     "full": dict(n_files=64, n_val=500, **_COURSE_DATA, **_COURSE_MODEL, batch=16, steps=12000, lr=2e-3,
                  min_lr=2e-4, warmup=200, eval_every=500, **_SCHEDULE),
 }

@@ -80,6 +80,20 @@ def test_exact_match_with_and_without_the_calculator(tok):
         E.exact_match(model, tok, [])
 
 
+def test_exact_match_pair_equals_the_two_runs(tok):
+    problems = [{"messages": [{"role": "user", "content": "What is six times seven?"}], "answer": "42"},
+                {"messages": [{"role": "user", "content": "What is six times seven?"}], "answer": "41"}]
+    plain = Writer(tok, lambda user, written: "The answer is 41.")  # never calls the calculator
+    for model in (Writer(tok, solver), plain):
+        for n in (5, 160):
+            assert E.exact_match_pair(model, tok, problems, n) == (
+                E.exact_match(model, tok, problems, n, tools=False), E.exact_match(model, tok, problems, n, tools=True))
+    assert E.exact_match_pair(plain, tok, problems) == (0.5, 0.5)
+    assert E.exact_match_pair(Writer(tok, solver), tok, problems) == (0.5, 0.5)  # 41 without the tool, 42 with it
+    with pytest.raises(ValueError, match="at least one problem"):
+        E.exact_match_pair(plain, tok, [])
+
+
 def test_template_adherence_counts_replies_closed_within_the_limit(tok):
     def polite(user, written):
         return "OK." if "Stop" in user else "la " * 200
