@@ -11,8 +11,9 @@ beside the sum of the notebooks' own times from ``results/<preset>_notebook_time
 Results: ``benchmarks/results/<preset>_book_build.json`` and stdout. Run it on a quiet machine:
 any other work on the two cores slows every training step of every notebook. The speed of a
 shared machine also drifts by tens of percent over a day, so the script times the plain training
-loop of ``train_char_gpt.py`` (30 steps of the ``cpu`` character GPT) before and after the build:
-the same probe, in the same units, as that benchmark's plain-loop row in ``RESULTS.md``.
+loop of ``train_char_gpt.py`` (30 steps of nanoGPT's CPU configuration of the character GPT)
+before and after the build: the same probe, in the same units, as that benchmark's plain-loop row
+in ``RESULTS.md``.
 """
 from __future__ import annotations
 
@@ -46,8 +47,8 @@ def notebook_seconds(log: str, root: Path = ROOT) -> dict[str, float]:
 
 
 def host_speed() -> float:
-    """Tokens per second of 30 plain training steps of the ``cpu`` character GPT: how fast this
-    machine is right now, comparable with ``train_char_gpt.py``'s plain-loop figure."""
+    """Tokens per second of 30 plain training steps of nanoGPT's CPU configuration of the character
+    GPT: how fast this machine is right now, comparable with ``train_char_gpt.py``'s plain-loop figure."""
     train, _, vocab = load_tokens()
     return plain_loop(train, vocab, 30, torch.device("cpu"))[0]
 
