@@ -42,6 +42,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from lmlib.data import windows_at
 from lmlib.train import BatchFn, Trainer, TrainConfig
 
 Tensor = torch.Tensor
@@ -135,9 +136,7 @@ def window_examples(ids: Tensor, block_size: int) -> tuple[Tensor, Tensor]:
     n = (len(ids) - 1) // block_size
     if n < 1:
         raise ValueError(f"{len(ids)} tokens hold no window of {block_size} + 1 tokens.")
-    x = ids[: n * block_size].view(n, block_size)
-    y = ids[1: n * block_size + 1].view(n, block_size)
-    return x, y
+    return windows_at(ids, torch.arange(n) * block_size, block_size)
 
 
 def poisson_batches(x: Tensor, y: Tensor, rate: float) -> BatchFn:
